@@ -1,0 +1,417 @@
+"""The proxy handler: forward one app request to the Kibo API with fresh credentials.
+
+Bodies stream in both directions; the target's path and query pass byte for
+byte; hop-by-hop headers (RFC 9110 section 7.6.1) are dropped; compressed
+answers pass through untouched. Only the configured upstream is ever
+contacted. A 401 `invalid_token` answer refreshes the ticket and replays the
+request once, when its body was small enough to keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+import aiohttp
+import structlog
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from .config import CustomerAuthMode
+from .metrics import Metrics
+from .ticket import ManagedTicket
+from .token import Token
+
+log = structlog.get_logger("sidecar.proxy")
+
+# RFC 9110 section 7.6.1 names Connection, Proxy-Connection, Keep-Alive, TE,
+# Transfer-Encoding and Upgrade; Trailer and the Proxy-Auth pair are
+# connection-scoped as well (RFC 9110 sections 6.6.2 and 11.7).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+# Replaced by the sidecar, or set by the HTTP client for the upstream host.
+REQUEST_REPLACED = frozenset({"host", "authorization", "x-vol-user-claims", "expect"})
+REQUEST_DROPPED = HOP_BY_HOP | REQUEST_REPLACED
+
+CHUNK_SIZE = 64 * 1024
+MAX_401_BODY = 64 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxyOptions:
+    """The proxy's limits and modes, taken from Settings."""
+
+    customer_auth_mode: CustomerAuthMode = "user-claims"
+    token_wait: float = 5.0
+    replay_body_limit: int = 64 * 1024
+    max_body_size: int = 2 * 1024**3
+    log_requests: bool = False
+
+
+class RequestRejected(Exception):
+    """The request cannot be forwarded; carries the status and a short reason."""
+
+    def __init__(self, status: int, error: str, message: str, *, retry_after: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.retry_after = retry_after
+
+
+class Proxy:
+    """Forwards requests to `upstream`, injecting the tickets' current tokens."""
+
+    def __init__(
+        self,
+        *,
+        upstream: URL,
+        session: aiohttp.ClientSession,
+        app_ticket: ManagedTicket,
+        customer_ticket: ManagedTicket | None,
+        metrics: Metrics,
+        options: ProxyOptions,
+    ) -> None:
+        self._base = str(upstream).rstrip("/")
+        self._session = session
+        self._app_ticket = app_ticket
+        self._customer_ticket = customer_ticket
+        self._metrics = metrics
+        self._options = options
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Serve one proxied request; every outcome is counted and timed."""
+        started = time.perf_counter()
+        metrics = self._metrics
+        metrics.in_flight.inc()
+        status = 0
+        try:
+            response = await self._forward(request)
+            status = response.status
+            return response
+        except RequestRejected as rejection:
+            status = rejection.status
+            return _error_response(rejection)
+        except asyncio.CancelledError:
+            # The client went away; 499 is the customary code for that in access logs.
+            status = 499
+            raise
+        finally:
+            metrics.in_flight.dec()
+            duration = time.perf_counter() - started
+            metrics.proxy_duration.observe(duration)
+            metrics.count_request(request.method, status)
+            if self._options.log_requests:
+                log.debug(
+                    "proxy.request",
+                    method=request.method,
+                    path=request.raw_path.partition("?")[0],
+                    status=status,
+                    duration_s=round(duration, 4),
+                )
+
+    async def _forward(self, request: web.BaseRequest) -> web.StreamResponse:
+        target = self._target(request)
+        tokens = await self._tokens()
+        body, replayable = await self._body(request)
+        headers = _forward_headers(request.headers)
+
+        upstream = await self._send(request.method, target, headers, tokens, body)
+        try:
+            prefix = b""
+            if upstream.status == 401 and replayable:
+                prefix, invalid_token = await _read_401(upstream)
+                retried = None
+                if invalid_token:
+                    retried = await self._replay(request.method, target, headers, tokens, body)
+                if retried is not None:
+                    upstream.release()
+                    upstream, prefix = retried, b""
+
+            return await self._stream_back(request, upstream, prefix)
+        finally:
+            upstream.release()
+
+    def _target(self, request: web.BaseRequest) -> URL:
+        method = request.method
+        if method == "CONNECT":
+            raise RequestRejected(405, "method_not_allowed", "CONNECT is not supported")
+
+        raw = request.raw_path
+        if not raw.startswith("/"):
+            # Absolute-form targets (RFC 9112 section 3.2.2) could name another host.
+            raise RequestRejected(
+                400, "bad_target", "only origin-form request targets are accepted"
+            )
+
+        path = raw.partition("?")[0]
+        if _escapes_base(path):
+            raise RequestRejected(
+                400, "bad_path", "the path contains dot segments or control characters"
+            )
+
+        length = request.content_length
+        if length is not None and length > self._options.max_body_size:
+            raise RequestRejected(
+                413,
+                "body_too_large",
+                f"the request body is larger than {self._options.max_body_size} bytes",
+            )
+
+        return URL(self._base + raw, encoded=True)
+
+    async def _tokens(self) -> tuple[Token, Token | None]:
+        """Return the tokens to inject, waiting briefly only when none is valid."""
+        app = self._app_ticket.valid_token()
+        customer_ticket = self._customer_ticket
+        customer = customer_ticket.valid_token() if customer_ticket is not None else None
+        if app is not None and (customer is not None or customer_ticket is None):
+            return app, customer
+
+        wait = self._options.token_wait
+        if app is None:
+            app = await self._app_ticket.wait_valid(wait)
+        if app is None:
+            raise _no_token(self._app_ticket)
+        if customer_ticket is not None and customer is None:
+            customer = await customer_ticket.wait_valid(wait)
+            if customer is None:
+                raise _no_token(customer_ticket)
+
+        return app, customer
+
+    async def _body(self, request: web.BaseRequest) -> tuple[object, bool]:
+        """Return the body to send upstream and whether it can be sent a second time."""
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            # The low-level server does not answer Expect itself; without this a
+            # client such as curl stalls for a second before every large upload.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+        length = request.content_length
+        if not request.body_exists:
+            return None, True
+        if length is not None and length <= self._options.replay_body_limit:
+            return await request.read(), True
+        if length is not None:
+            return request.content, False
+
+        return _limited(request.content, self._options.max_body_size), False
+
+    def _injected(self, tokens: tuple[Token, Token | None]) -> dict[str, str]:
+        app, customer = tokens
+        if customer is None:
+            return {"Authorization": f"Bearer {app.access_token}"}
+        if self._options.customer_auth_mode == "jwt-bearer" and customer.jwt_access_token:
+            return {"Authorization": f"Bearer {customer.jwt_access_token}"}
+
+        return {
+            "Authorization": f"Bearer {app.access_token}",
+            "x-vol-user-claims": customer.access_token,
+        }
+
+    async def _send(
+        self,
+        method: str,
+        target: URL,
+        headers: CIMultiDict[str],
+        tokens: tuple[Token, Token | None],
+        body: object,
+    ) -> aiohttp.ClientResponse:
+        outgoing = CIMultiDict(headers)
+        outgoing.update(self._injected(tokens))
+        try:
+            return await self._session.request(
+                method, target, headers=outgoing, data=body, allow_redirects=False
+            )
+        except TimeoutError:
+            self._metrics.upstream_errors.labels(kind="timeout").inc()
+            raise RequestRejected(
+                504, "upstream_timeout", "the upstream did not answer in time"
+            ) from None
+        except aiohttp.ClientConnectorError:
+            self._metrics.upstream_errors.labels(kind="connect").inc()
+            raise RequestRejected(
+                502, "upstream_unreachable", "the upstream cannot be reached"
+            ) from None
+        except aiohttp.ClientPayloadError:
+            raise
+        except aiohttp.ClientError as error:
+            self._metrics.upstream_errors.labels(kind="protocol").inc()
+            log.warning("proxy.upstream_failed", method=method, error=type(error).__name__)
+            raise RequestRejected(
+                502, "upstream_failed", "the upstream connection failed"
+            ) from None
+
+    async def _replay(
+        self,
+        method: str,
+        target: URL,
+        headers: CIMultiDict[str],
+        tokens: tuple[Token, Token | None],
+        body: object,
+    ) -> aiohttp.ClientResponse | None:
+        """Refresh the tickets behind `tokens` and send the request once more.
+
+        Returns None when the refresh fails, so the original 401 is passed on.
+        """
+        app, customer = tokens
+        try:
+            fresh_app = await self._app_ticket.refresh(app)
+            fresh_customer = customer
+            if self._customer_ticket is not None:
+                fresh_customer = await self._customer_ticket.refresh(customer)
+        except Exception as error:  # noqa: BLE001 - any failure means: pass the 401 on.
+            log.warning("proxy.replay_refresh_failed", error=str(error))
+            return None
+
+        self._metrics.proxy_replays.inc()
+        log.info("proxy.replayed", method=method, reason="invalid_token")
+        return await self._send(method, target, headers, (fresh_app, fresh_customer), body)
+
+    async def _stream_back(
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, prefix: bytes
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(_response_headers(upstream.headers))
+        await response.prepare(request)
+
+        try:
+            if prefix:
+                await response.write(prefix)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientOSError, TimeoutError) as error:
+            # The status line is gone already; cutting the connection is the only
+            # way left to tell the client that the body is incomplete.
+            self._metrics.upstream_errors.labels(kind="body").inc()
+            log.warning("proxy.upstream_body_failed", error=type(error).__name__)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+
+        await response.write_eof()
+        return response
+
+
+def _forward_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    connection_named = _connection_tokens(incoming)
+    outgoing: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lowered = name.lower()
+        if lowered in REQUEST_DROPPED or lowered in connection_named:
+            continue
+        outgoing.add(name, value)
+
+    return outgoing
+
+
+def _response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    connection_named = _connection_tokens(incoming)
+    outgoing: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP or lowered in connection_named:
+            continue
+        outgoing.add(name, value)
+
+    return outgoing
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    values = headers.getall("Connection", ())
+    if not values:
+        return frozenset()
+
+    return frozenset(
+        token.strip().lower() for value in values for token in value.split(",") if token.strip()
+    )
+
+
+def _escapes_base(path: str) -> bool:
+    """Return True if the path has dot segments or control bytes, raw or percent-encoded."""
+    decoded = path
+    for _ in range(3):
+        # Decoding up to three times catches double and triple encoding (%252e%252e).
+        if any(segment in (".", "..") for segment in decoded.replace("\\", "/").split("/")):
+            return True
+        if any(ord(character) < 0x20 or ord(character) == 0x7F for character in decoded):
+            return True
+        next_decoded = unquote(decoded)
+        if next_decoded == decoded:
+            return False
+        decoded = next_decoded
+
+    return True
+
+
+async def _limited(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
+    """Yield a chunked request body, stopping the request once it passes `limit` bytes."""
+    size = 0
+    async for chunk in content.iter_chunked(CHUNK_SIZE):
+        size += len(chunk)
+        if size > limit:
+            raise RequestRejected(
+                413, "body_too_large", f"the request body is larger than {limit} bytes"
+            )
+        yield chunk
+
+
+async def _read_401(upstream: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    """Read the start of a 401 body and tell whether it rejects the token as invalid_token.
+
+    The bytes read are returned so the 401 can still be passed on whole.
+    """
+    raw = b""
+    try:
+        while len(raw) < MAX_401_BODY:
+            chunk = await upstream.content.read(MAX_401_BODY - len(raw))
+            if not chunk:
+                break
+            raw += chunk
+    except (aiohttp.ClientError, TimeoutError):
+        return raw, False
+
+    if "invalid_token" in upstream.headers.get("WWW-Authenticate", ""):
+        return raw, True
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return raw, False
+
+    invalid = isinstance(body, dict) and "invalid_token" in (body.get("message"), body.get("error"))
+    return raw, invalid
+
+
+def _no_token(ticket: ManagedTicket) -> RequestRejected:
+    if ticket.failure is not None:
+        reason = f"the {ticket.name} ticket has failed and needs operator action"
+    else:
+        reason = f"no valid {ticket.name} token yet"
+    return RequestRejected(503, "no_token", reason, retry_after=1)
+
+
+def _error_response(rejection: RequestRejected) -> web.Response:
+    headers = {}
+    if rejection.retry_after is not None:
+        headers["Retry-After"] = str(rejection.retry_after)
+
+    return web.json_response(
+        {"error": rejection.error, "message": str(rejection)},
+        status=rejection.status,
+        headers=headers,
+    )
