@@ -58,7 +58,7 @@ class KiboAuthClient:
         }
         return await self._call(
             "POST",
-            auth_url.with_path(auth_url.path + APP_TICKET_PATH),
+            _endpoint(auth_url, APP_TICKET_PATH),
             endpoint=f"POST {APP_TICKET_PATH}",
             parse=parse_app_ticket,
             rejected=CredentialsRejectedError,
@@ -80,7 +80,7 @@ class KiboAuthClient:
 
         return await self._call(
             "POST",
-            api_url.with_path(api_url.path + CUSTOMER_TICKET_PATH),
+            _endpoint(api_url, CUSTOMER_TICKET_PATH),
             endpoint=f"POST {CUSTOMER_TICKET_PATH}",
             parse=parse_customer_ticket,
             rejected=CredentialsRejectedError,
@@ -98,7 +98,7 @@ class KiboAuthClient:
 
         return await self._call(
             "PUT",
-            api_url.with_path(api_url.path + CUSTOMER_REFRESH_PATH).with_query(query),
+            _endpoint(api_url, CUSTOMER_REFRESH_PATH).with_query(query),
             endpoint=f"PUT {CUSTOMER_REFRESH_PATH}",
             parse=parse_customer_ticket,
             rejected=RefreshTokenRejectedError,
@@ -289,6 +289,11 @@ class CustomerTicketFetcher:
         self._refresh_token = token.refresh_token
         if self._state is not None:
             self._state.save(token.refresh_token)
+
+
+def _endpoint(base: URL, path: str) -> URL:
+    # yarl keeps an empty path as "/", so a plain concatenation would give "//api/...".
+    return base.with_path(base.path.rstrip("/") + path)
 
 
 async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:

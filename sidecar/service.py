@@ -193,9 +193,7 @@ class Sidecar:
 async def _bind(runner: web.BaseRunner, listen: Listen) -> int:
     site = web.TCPSite(runner, listen.host, listen.port)
     await site.start()
-    server = site._server  # noqa: SLF001 - aiohttp exposes the bound port only here.
-    assert isinstance(server, asyncio.base_events.Server)
-    return int(server.sockets[0].getsockname()[1])
+    return int(runner.addresses[-1][1])
 
 
 async def serve(settings: Settings) -> int:

@@ -91,6 +91,7 @@ class ManagedTicket:
         self._changed = asyncio.Event()
         self._valid = asyncio.Event()
         self.failure: str | None = None
+        self.consecutive_failures = 0
         metrics.ticket_created(name)
 
     def __repr__(self) -> str:
@@ -121,6 +122,10 @@ class ManagedTicket:
         token = self.valid_token()
         if token is not None or timeout <= 0 or self.failure is not None:
             return token
+        if self.consecutive_failures:
+            # The token endpoint is failing right now; a caller is better served by a
+            # quick refusal than by a wait that will most likely end the same way.
+            return None
 
         deadline = self._clock.monotonic() + timeout
         while token is None:
@@ -172,18 +177,18 @@ class ManagedTicket:
 
     async def run(self) -> None:
         """Keep the token fresh until cancelled or until the ticket fails for good."""
-        failures = 0
         retry_at = 0.0
 
         while self.failure is None:
             now = self._clock.monotonic()
+            failures = self.consecutive_failures
             delay = retry_at - now if failures else self._next_refresh_delay()
             if delay > 0:
                 await self._wait_for_change(delay)
                 if self._changed.is_set():
                     # Someone else refreshed (a replay after invalid_token): start a new round.
                     self._changed.clear()
-                    failures = 0
+                    self.consecutive_failures = 0
                 continue
 
             try:
@@ -193,6 +198,7 @@ class ManagedTicket:
                     log.error("ticket.failed", ticket=self.name, error=str(error))
                     return
                 failures += 1
+                self.consecutive_failures = failures
                 wait = self._retry_delay(failures, error)
                 retry_at = self._clock.monotonic() + wait
                 log.warning(
@@ -204,13 +210,14 @@ class ManagedTicket:
                     has_valid_token=self.valid_token() is not None,
                 )
             else:
-                failures = 0
+                self.consecutive_failures = 0
                 self._changed.clear()
 
     def _store(self, token: Token) -> None:
         self._token = token
         self._draw = self._rng.random()
         self.failure = None
+        self.consecutive_failures = 0
         self._valid.set()
         self._changed.set()
         self._metrics.token_expiry.labels(ticket=self.name).set(token.expires_at_wall)

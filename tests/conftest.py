@@ -1,0 +1,230 @@
+"""Shared fixtures: a Kibo stand-in, a recording upstream and in-process sidecars, all on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from sidecar.config import load_settings
+from sidecar.logs import configure_logging
+from sidecar.service import Sidecar
+from sidecar.standin import StandIn, StandInConfig, start_stand_in
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_ENV = {
+    "KIBO_CLIENT_ID": "demo-client",
+    "KIBO_CLIENT_SECRET": "demo-secret",
+    "SIDECAR_LISTEN": "127.0.0.1:0",
+    "SIDECAR_ADMIN_LISTEN": "127.0.0.1:0",
+    # Fast retries keep fault tests short; production defaults are 1 s and 60 s.
+    "SIDECAR_RETRY_INITIAL_SECONDS": "0.05",
+    "SIDECAR_RETRY_MAX_SECONDS": "0.5",
+}
+CUSTOMER_ENV = {
+    "KIBO_CUSTOMER_USERNAME": "shopper@example.test",
+    "KIBO_CUSTOMER_PASSWORD": "demo-password",
+}
+
+
+async def wait_for(
+    condition: Callable[[], bool | Awaitable[bool]], *, timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Poll `condition` until it is true, failing the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def log_stream() -> io.StringIO:
+    """Capture every structured log line of the test in memory, at debug level."""
+    stream = io.StringIO()
+    configure_logging(level="debug", fmt="json", stream=stream)
+    return stream
+
+
+@pytest.fixture
+async def stand_in_factory() -> AsyncIterator[Callable[..., Awaitable[tuple[StandIn, str]]]]:
+    runners: list[web.AppRunner] = []
+
+    async def start(**config: Any) -> tuple[StandIn, str]:
+        stand_in = StandIn(StandInConfig(**config))
+        runner, url = await start_stand_in(stand_in, shutdown_timeout=0.5)
+        runners.append(runner)
+        return stand_in, url
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def sidecar_factory(
+    log_stream: io.StringIO,
+) -> AsyncIterator[Callable[..., Awaitable[Sidecar]]]:
+    started: list[Sidecar] = []
+
+    async def start(kibo_url: str, *, upstream_url: str | None = None, **env: str) -> Sidecar:
+        environ = {
+            **DEMO_ENV,
+            "KIBO_AUTH_URL": kibo_url,
+            "KIBO_API_URL": upstream_url or kibo_url,
+            **env,
+        }
+        sidecar = Sidecar(load_settings(environ), registry=CollectorRegistry())
+        await sidecar.start()
+        started.append(sidecar)
+        return sidecar
+
+    yield start
+    for sidecar in started:
+        if not sidecar.draining:
+            await sidecar.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+@dataclass
+class Recorded:
+    """One request as the recording upstream saw it."""
+
+    method: str
+    raw_path: str
+    raw_headers: list[tuple[bytes, bytes]]
+    body_size: int
+    body_sha256: str
+
+    def header(self, name: str) -> list[str]:
+        wanted = name.lower().encode()
+        return [value.decode("latin-1") for key, value in self.raw_headers if key.lower() == wanted]
+
+
+@dataclass
+class RecordingUpstream:
+    """An upstream that records each request and can answer with large or compressed bodies."""
+
+    url: str = ""
+    requests: list[Recorded] = field(default_factory=list)
+    peak_request_chunks: int = 0
+
+
+@pytest.fixture
+async def recording_upstream() -> AsyncIterator[RecordingUpstream]:
+    upstream = RecordingUpstream()
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in request.content.iter_any():
+            digest.update(chunk)
+            size += len(chunk)
+        upstream.requests.append(
+            Recorded(
+                method=request.method,
+                raw_path=request.raw_path,
+                raw_headers=list(request.raw_headers),
+                body_size=size,
+                body_sha256=digest.hexdigest(),
+            )
+        )
+        query = request.rel_url.query
+        if "download" in query:
+            total = int(query["download"])
+            response = web.StreamResponse(headers={"X-Body-Sha256": _pattern_sha256(total)})
+            response.content_length = total
+            await response.prepare(request)
+            for piece in _pattern_chunks(total):
+                await response.write(piece)
+            await response.write_eof()
+            return response
+        if "gzip" in query:
+            import gzip
+
+            payload = gzip.compress(b'{"compressed": true}' * 100)
+            return web.Response(
+                body=payload,
+                headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+            )
+        if "hop" in query:
+            return web.Response(
+                text="ok",
+                headers={
+                    "Connection": "close, X-Upstream-Private",
+                    "X-Upstream-Private": "secret-hop",
+                    "Keep-Alive": "timeout=5",
+                    "X-Kept": "yes",
+                },
+            )
+        return web.json_response({"ok": True, "size": size})
+
+    server = web.Server(handle, access_log=None)
+    runner = web.ServerRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    upstream.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield upstream
+    await runner.cleanup()
+
+
+def _pattern_chunks(total: int, chunk: int = 256 * 1024) -> list[bytes]:
+    block = bytes(range(256)) * (chunk // 256)
+    pieces = []
+    left = total
+    while left > 0:
+        pieces.append(block[: min(chunk, left)])
+        left -= chunk
+    return pieces
+
+
+def _pattern_sha256(total: int) -> str:
+    digest = hashlib.sha256()
+    for piece in _pattern_chunks(total):
+        digest.update(piece)
+    return digest.hexdigest()
+
+
+def pattern_chunks(total: int) -> list[bytes]:
+    """Return the deterministic byte pattern the recording upstream serves and tests upload."""
+    return _pattern_chunks(total)
+
+
+def pattern_sha256(total: int) -> str:
+    return _pattern_sha256(total)
+
+
+def run_sidecar_process(env: dict[str, str], *, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    """Run `python -m sidecar` to completion with exactly `env` (plus PATH) and capture output."""
+    full_env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": REPO, **env}
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar"],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
