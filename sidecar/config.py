@@ -110,7 +110,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting, raising ConfigError on the first bad one."""
     env = _Env(os.environ if environ is None else environ)
 
-    api_url = env.url("KIBO_API_URL", None)
+    api_url = _required(env.url("KIBO_API_URL", None), "KIBO_API_URL")
     auth_url = env.url("KIBO_AUTH_URL", DEFAULT_AUTH_URL)
     client_id = env.secret("KIBO_CLIENT_ID", required=True)
     client_secret = env.secret("KIBO_CLIENT_SECRET", required=True)
@@ -140,7 +140,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         )
 
     return Settings(
-        api_url=_required(api_url, "KIBO_API_URL"),
+        api_url=api_url,
         auth_url=_required(auth_url, "KIBO_AUTH_URL"),
         client_id=client_id,
         client_secret=client_secret,

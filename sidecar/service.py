@@ -175,6 +175,11 @@ class Sidecar:
         if self.settings.drain_delay > 0:
             await asyncio.sleep(self.settings.drain_delay)
 
+        await self.close()
+        log.info("sidecar.stopped")
+
+    async def close(self) -> None:
+        """Release listeners, tasks and sessions; safe after a start that failed half-way."""
         if self._proxy_runner is not None:
             await self._proxy_runner.cleanup()
         for task in self._tasks:
@@ -187,7 +192,6 @@ class Sidecar:
                 await runner.cleanup()
         for session in self._sessions:
             await session.close()
-        log.info("sidecar.stopped")
 
 
 async def _bind(runner: web.BaseRunner, listen: Listen) -> int:
@@ -199,7 +203,11 @@ async def _bind(runner: web.BaseRunner, listen: Listen) -> int:
 async def serve(settings: Settings) -> int:
     """Run a sidecar until SIGTERM or SIGINT, then drain and return the exit code."""
     sidecar = Sidecar(settings)
-    await sidecar.start()
+    try:
+        await sidecar.start()
+    except BaseException:
+        await sidecar.close()
+        raise
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

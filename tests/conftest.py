@@ -29,6 +29,7 @@ DEMO_ENV = {
     "KIBO_CLIENT_SECRET": "demo-secret",
     "SIDECAR_LISTEN": "127.0.0.1:0",
     "SIDECAR_ADMIN_LISTEN": "127.0.0.1:0",
+    "LOG_LEVEL": "debug",
     # Fast retries keep fault tests short; production defaults are 1 s and 60 s.
     "SIDECAR_RETRY_INITIAL_SECONDS": "0.05",
     "SIDECAR_RETRY_MAX_SECONDS": "0.5",

@@ -38,6 +38,19 @@ LOCKED_DOWN_SECURITY_CONTEXT = {
 }
 
 
+RELEASE = "shop"
+NAMESPACE = "storefront"
+
+
+def render_chart(helm: ModuleType, values: dict[str, Any], chart_dir: Path = CHART_DIR) -> str:
+    """Render a chart as `helm template` would and return the manifests as one YAML stream."""
+    with helm.Chart.load(str(chart_dir)) as chart:
+        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return "\n---\n".join(
+        text for path, text in sorted(manifests.items()) if path.endswith((".yaml", ".yml"))
+    )
+
+
 def load_objects(text: str) -> list[dict[str, Any]]:
     """Parse a multi-document YAML stream, leaving out empty documents."""
     return [document for document in yaml.safe_load_all(text) if document]

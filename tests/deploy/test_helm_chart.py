@@ -14,6 +14,7 @@ import pytest
 import yaml
 from deploy_checks import (
     CHART_DIR,
+    NAMESPACE,
     assert_classic_sidecar,
     assert_native_sidecar,
     assert_sidecar_deployable,
@@ -24,12 +25,11 @@ from deploy_checks import (
     objects_of_kind,
     pod_annotations,
     pod_spec,
+    render_chart,
     schema_errors,
 )
 
 CI_VALUES = sorted((CHART_DIR / "ci").glob("*-values.yaml"))
-RELEASE = "shop"
-NAMESPACE = "storefront"
 REQUIRED_SCENARIOS = ("default", "existing-secret", "classic-mode", "servicemonitor", "customer")
 
 
@@ -38,17 +38,8 @@ def read_values(name: str) -> dict[str, Any]:
     return values
 
 
-def render(helm: ModuleType, values: dict[str, Any], chart_dir: Path = CHART_DIR) -> str:
-    """Render the chart as `helm template` would and return the manifests as one stream."""
-    with helm.Chart.load(str(chart_dir)) as chart:
-        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    return "\n---\n".join(
-        text for path, text in sorted(manifests.items()) if path.endswith((".yaml", ".yml"))
-    )
-
-
 def render_objects(helm: ModuleType, values: dict[str, Any]) -> list[dict[str, Any]]:
-    return load_objects(render(helm, values))
+    return load_objects(render_chart(helm, values))
 
 
 def test_ci_scenarios_present() -> None:
@@ -232,7 +223,7 @@ def test_short_grace_period_rejected(helm: ModuleType) -> None:
     values["terminationGracePeriodSeconds"] = 29
 
     with pytest.raises(helm.HelmRenderError, match="terminationGracePeriodSeconds is 29"):
-        render(helm, values)
+        render_chart(helm, values)
 
 
 def test_missing_api_url_rejected(helm: ModuleType) -> None:
@@ -241,7 +232,7 @@ def test_missing_api_url_rejected(helm: ModuleType) -> None:
     del values["kibo"]["apiUrl"]
 
     with pytest.raises(helm.HelmRenderError, match=r"kibo\.apiUrl is required"):
-        render(helm, values)
+        render_chart(helm, values)
 
 
 def test_missing_credentials_rejected(helm: ModuleType) -> None:
@@ -250,7 +241,7 @@ def test_missing_credentials_rejected(helm: ModuleType) -> None:
     values["kibo"]["credentials"]["clientSecret"] = ""
 
     with pytest.raises(helm.HelmRenderError, match=r"kibo\.credentials\.clientId and"):
-        render(helm, values)
+        render_chart(helm, values)
 
 
 def test_customer_without_credentials_rejected(helm: ModuleType) -> None:
@@ -259,7 +250,7 @@ def test_customer_without_credentials_rejected(helm: ModuleType) -> None:
     values["kibo"]["customer"] = {"enabled": True}
 
     with pytest.raises(helm.HelmRenderError, match=r"kibo\.customer\.enabled is true"):
-        render(helm, values)
+        render_chart(helm, values)
 
 
 @pytest.mark.parametrize(
@@ -389,7 +380,7 @@ def test_readme_include_example_renders(
         }
     }
 
-    objects = load_objects(render(helm, values, chart_dir=parent))
+    objects = load_objects(render_chart(helm, values, chart_dir=parent))
     spec = pod_spec(objects)
 
     assert schema_errors(kubernetes_validate, objects) == []
