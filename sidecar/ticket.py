@@ -165,14 +165,19 @@ class ManagedTicket:
 
             self._store(token)
             self._metrics.token_refreshes.labels(ticket=self.name, outcome="success").inc()
-            next_refresh = self._next_refresh_delay()
-            log.info(
-                "ticket.refreshed" if current is not None else "ticket.fetched",
-                ticket=self.name,
-                expires_in_s=round(token.lifetime, 3),
-                next_refresh_in_s=round(next_refresh, 3),
-                duration_s=round(self._clock.monotonic() - started, 3),
-            )
+            finished = self._clock.monotonic()
+            fields = {
+                "ticket": self.name,
+                "expires_in_s": round(token.lifetime, 3),
+                "next_refresh_in_s": round(self._next_refresh_delay(), 3),
+                "duration_s": round(finished - started, 3),
+            }
+            if current is None:
+                log.info("ticket.fetched", **fields)
+            else:
+                # How much life the replaced token still had: positive means refreshed ahead.
+                left = current.expires_at - finished
+                log.info("ticket.refreshed", previous_expires_in_s=round(left, 3), **fields)
             return token
 
     async def run(self) -> None:
