@@ -93,12 +93,39 @@ class Proxy:
         self._customer_ticket = customer_ticket
         self._metrics = metrics
         self._options = options
+        self._active: set[asyncio.Task[object]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def drain(self, grace: float) -> int:
+        """Wait up to `grace` seconds for in-flight requests, then cancel the rest.
+
+        Returns how many requests were cancelled. aiohttp's own shutdown cannot
+        interrupt a handler that is waiting on the upstream, so the proxy
+        cancels its handlers itself.
+        """
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            pass
+
+        leftover = list(self._active)
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            await asyncio.wait(leftover, timeout=1.0)
+
+        return len(leftover)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Serve one proxied request; every outcome is counted and timed."""
         started = time.perf_counter()
         metrics = self._metrics
         metrics.in_flight.inc()
+        task = asyncio.current_task()
+        if task is not None:
+            self._active.add(task)
+            self._idle.clear()
         status = 0
         try:
             response = await self._forward(request)
@@ -113,6 +140,10 @@ class Proxy:
             raise
         finally:
             metrics.in_flight.dec()
+            if task is not None:
+                self._active.discard(task)
+                if not self._active:
+                    self._idle.set()
             duration = time.perf_counter() - started
             metrics.proxy_duration.observe(duration)
             metrics.count_request(request.method, status)

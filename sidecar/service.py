@@ -52,6 +52,7 @@ class Sidecar:
         self._tasks: list[asyncio.Task[None]] = []
         self._runners: list[web.BaseRunner] = []
         self._proxy_runner: web.ServerRunner | None = None
+        self._proxy: Proxy | None = None
         self._sessions: list[aiohttp.ClientSession] = []
         self.tickets: list[ManagedTicket] = []
 
@@ -127,7 +128,7 @@ class Sidecar:
         for ticket in self.tickets:
             self._tasks.append(asyncio.create_task(ticket.run(), name=f"ticket-{ticket.name}"))
 
-        proxy = Proxy(
+        self._proxy = proxy = Proxy(
             upstream=settings.api_url,
             session=upstream_session,
             app_ticket=app_ticket,
@@ -149,7 +150,9 @@ class Sidecar:
             max_line_size=settings.max_header_size,
             max_field_size=settings.max_header_size,
         )
-        self._proxy_runner = web.ServerRunner(server, shutdown_timeout=settings.shutdown_grace)
+        # The grace period is enforced by Proxy.drain; aiohttp's timeout only bounds
+        # the final close of connections that are idle by then.
+        self._proxy_runner = web.ServerRunner(server, shutdown_timeout=1.0)
         await self._proxy_runner.setup()
         self._runners.append(self._proxy_runner)
         self.proxy_port = await _bind(self._proxy_runner, settings.listen)
@@ -174,6 +177,18 @@ class Sidecar:
         log.info("sidecar.draining", drain_delay_s=self.settings.drain_delay)
         if self.settings.drain_delay > 0:
             await asyncio.sleep(self.settings.drain_delay)
+
+        runner = self._proxy_runner
+        if runner is not None and self._proxy is not None:
+            for site in list(runner.sites):
+                await site.stop()
+            # Keep-alive connections close after their current request (aiohttp 3.10+).
+            pre_shutdown = getattr(runner.server, "pre_shutdown", None)
+            if pre_shutdown is not None:
+                pre_shutdown()
+            cancelled = await self._proxy.drain(self.settings.shutdown_grace)
+            if cancelled:
+                log.warning("sidecar.requests_cut", count=cancelled, grace_s=self.settings.shutdown_grace)
 
         await self.close()
         log.info("sidecar.stopped")

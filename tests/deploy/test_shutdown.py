@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import RunningSidecar, http_get, wait_until
 from deploy_checks import (
     CHART_DIR,
     env_values,
@@ -27,6 +26,7 @@ from deploy_checks import (
     pod_spec,
     render_chart,
 )
+from loopback import RunningSidecar, http_get, wait_until
 
 SLOW_PATH = "/api/platform/standin/slow"
 
@@ -79,9 +79,12 @@ def in_flight(sidecar: RunningSidecar) -> float:
 
 
 def wait_for_exit(process: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """Wait for the sidecar to exit, or SIGKILL it at `timeout_s` as the kubelet would, and fail."""
     try:
         return process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
         pytest.fail(f"the sidecar was still running {timeout_s:g} s after SIGTERM")
 
 
@@ -119,6 +122,7 @@ def test_drain_fits_grace_period(helm: ModuleType, start_sidecar: Any) -> None:
 def test_long_request_cut_before_kill(helm: ModuleType, start_sidecar: Any) -> None:
     """A request longer than the grace is cut, and the sidecar still exits 0 within the period."""
     shutdown, period = chart_shutdown_settings(helm)
+    shutdown["SIDECAR_SHUTDOWN_GRACE_SECONDS"] = "10"
     sidecar: RunningSidecar = start_sidecar(**shutdown)
     endless = BackgroundRequest(f"{sidecar.proxy_url}{SLOW_PATH}?seconds=60")
     wait_until(lambda: in_flight(sidecar) == 1, 10, "the slow request to reach the sidecar")
