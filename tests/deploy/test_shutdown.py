@@ -122,7 +122,6 @@ def test_drain_fits_grace_period(helm: ModuleType, start_sidecar: Any) -> None:
 def test_long_request_cut_before_kill(helm: ModuleType, start_sidecar: Any) -> None:
     """A request longer than the grace is cut, and the sidecar still exits 0 within the period."""
     shutdown, period = chart_shutdown_settings(helm)
-    shutdown["SIDECAR_SHUTDOWN_GRACE_SECONDS"] = "10"
     sidecar: RunningSidecar = start_sidecar(**shutdown)
     endless = BackgroundRequest(f"{sidecar.proxy_url}{SLOW_PATH}?seconds=60")
     wait_until(lambda: in_flight(sidecar) == 1, 10, "the slow request to reach the sidecar")
