@@ -13,17 +13,14 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
 import pytest
 from deploy_checks import REPO_ROOT
+from loopback import RunningSidecar, free_port, http_get, wait_until
 
 INSTALL_HINT = "run .ci/install-deploy-tools to install it"
 
@@ -93,52 +90,11 @@ def promtool() -> str:
     return require_executable("promtool", "the Debian package prometheus")
 
 
-def free_port() -> int:
-    """Return a loopback TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    """GET `url` and return the status and body, for error statuses too."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-def wait_until(
-    condition: Callable[[], bool], timeout_s: float, description: str, *, interval_s: float = 0.1
-) -> None:
-    """Poll `condition` until it is true, and fail the test after `timeout_s` seconds."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {description}")
-        time.sleep(interval_s)
-
-
-def _answers(url: str, status: int) -> bool:
+def _returns_status(url: str, status: int) -> bool:
     try:
         return http_get(url, timeout=1.0)[0] == status
     except OSError:
         return False
-
-
-@dataclass
-class RunningSidecar:
-    """A sidecar subprocess, with the loopback URLs of its proxy and admin listeners."""
-
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    proxy_url: str
-    admin_url: str
-
-    def output(self) -> str:
-        """Return what the sidecar has printed to stdout and stderr so far."""
-        return self.log_path.read_text(errors="replace")
 
 
 def _start_process(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -227,7 +183,7 @@ def start_sidecar(tmp_path: Path) -> Iterator[Callable[..., RunningSidecar]]:
         def ready() -> bool:
             if process.poll() is not None:
                 _fail_with_output(process, sidecar_log, "the sidecar")
-            return _answers(f"{sidecar.admin_url}/readyz", 200)
+            return _returns_status(f"{sidecar.admin_url}/readyz", 200)
 
         wait_until(ready, STARTUP_TIMEOUT_S, "the sidecar's /readyz to return 200")
         return sidecar

@@ -118,7 +118,7 @@ def env_secret_refs(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def port_named(container: dict[str, Any], name: str) -> dict[str, Any]:
-    ports = [port for port in container["ports"] if port["name"] == name]
+    ports: list[dict[str, Any]] = [port for port in container["ports"] if port["name"] == name]
     assert len(ports) == 1, f"expected one port named {name!r} in {container['ports']}"
     return ports[0]
 

@@ -350,7 +350,7 @@ def test_every_value_documented() -> None:
 def _readme_include_example() -> str:
     """Return the pod template from the README's 'Adding the sidecar' section."""
     readme = (CHART_DIR / "README.md").read_text()
-    blocks = re.findall(r"```yaml\n(.*?)```", readme, flags=re.DOTALL)
+    blocks: list[str] = re.findall(r"```yaml\n(.*?)```", readme, flags=re.DOTALL)
     [template] = [block for block in blocks if "$sidecar := dict" in block]
     return template
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import RunningSidecar, free_port, http_get, wait_until
 from deploy_checks import DEPLOY_DIR
+from loopback import RunningSidecar, free_port, http_get, wait_until
 
 SCRAPE_CONFIG = DEPLOY_DIR / "prometheus" / "scrape-config.yaml"
 JOB = "kibo-token-sidecar"
