@@ -91,7 +91,7 @@ class KiboAuthClient:
     async def customer_refresh(
         self, api_url: URL, app_token: Token, refresh_token: str, account_id: int | None
     ) -> Token:
-        """Exchange a customer refresh token for a new ticket (and, usually, a new refresh token)."""
+        """Exchange a customer refresh token for a new ticket, usually with a new refresh token."""
         query = {"refreshToken": refresh_token}
         if account_id is not None:
             query["accountId"] = str(account_id)
@@ -265,8 +265,8 @@ class CustomerTicketFetcher:
     async def _login(self, app_token: Token) -> Token:
         if self._username is None or self._password is None:
             raise TicketFailedError(
-                "no customer refresh token is left and no password is configured; "
-                "set KIBO_CUSTOMER_REFRESH_TOKEN or KIBO_CUSTOMER_USERNAME and KIBO_CUSTOMER_PASSWORD"
+                "no customer refresh token is left and no password is configured; set "
+                "KIBO_CUSTOMER_REFRESH_TOKEN, or KIBO_CUSTOMER_USERNAME and KIBO_CUSTOMER_PASSWORD"
             )
 
         return await self._client.customer_login(
@@ -335,7 +335,8 @@ def _error_code(raw: bytes) -> str:
 
 def _describe_client_error(error: aiohttp.ClientError) -> str:
     if isinstance(error, aiohttp.ClientConnectorError):
-        return f"cannot connect to {error.host}:{error.port} ({error.os_error.strerror or type(error.os_error).__name__})"
+        reason = error.os_error.strerror or type(error.os_error).__name__
+        return f"cannot connect to {error.host}:{error.port} ({reason})"
     if isinstance(error, aiohttp.ServerDisconnectedError):
         return "the server closed the connection"
     if isinstance(error, asyncio.TimeoutError):

@@ -198,11 +198,7 @@ class Proxy:
 
         length = request.content_length
         if length is not None and length > self._options.max_body_size:
-            raise RequestRejected(
-                413,
-                "body_too_large",
-                f"the request body is larger than {self._options.max_body_size} bytes",
-            )
+            raise _body_too_large(self._options.max_body_size)
 
         return URL(self._base + raw, encoded=True)
 
@@ -241,7 +237,7 @@ class Proxy:
         if length is not None:
             return request.content, False
 
-        return _limited(request.content, self._options.max_body_size), False
+        return _LimitedBody(request.content, self._options.max_body_size), False
 
     def _injected(self, tokens: tuple[Token, Token | None]) -> dict[str, str]:
         app, customer = tokens
@@ -265,28 +261,30 @@ class Proxy:
     ) -> aiohttp.ClientResponse:
         outgoing = CIMultiDict(headers)
         outgoing.update(self._injected(tokens))
+        data = body.__aiter__() if isinstance(body, _LimitedBody) else body
         try:
             return await self._session.request(
-                method, target, headers=outgoing, data=body, allow_redirects=False
+                method, target, headers=outgoing, data=data, allow_redirects=False
             )
-        except TimeoutError:
+        except (TimeoutError, aiohttp.ClientError, RequestRejected) as error:
+            if isinstance(body, _LimitedBody) and body.exceeded:
+                # aiohttp reports the aborted upload as a connection error.
+                raise _body_too_large(self._options.max_body_size) from None
+            raise self._upstream_failure(method, error) from None
+
+    def _upstream_failure(self, method: str, error: Exception) -> RequestRejected:
+        if isinstance(error, RequestRejected):
+            return error
+        if isinstance(error, TimeoutError):
             self._metrics.upstream_errors.labels(kind="timeout").inc()
-            raise RequestRejected(
-                504, "upstream_timeout", "the upstream did not answer in time"
-            ) from None
-        except aiohttp.ClientConnectorError:
+            return RequestRejected(504, "upstream_timeout", "the upstream did not answer in time")
+        if isinstance(error, aiohttp.ClientConnectorError):
             self._metrics.upstream_errors.labels(kind="connect").inc()
-            raise RequestRejected(
-                502, "upstream_unreachable", "the upstream cannot be reached"
-            ) from None
-        except aiohttp.ClientPayloadError:
-            raise
-        except aiohttp.ClientError as error:
-            self._metrics.upstream_errors.labels(kind="protocol").inc()
-            log.warning("proxy.upstream_failed", method=method, error=type(error).__name__)
-            raise RequestRejected(
-                502, "upstream_failed", "the upstream connection failed"
-            ) from None
+            return RequestRejected(502, "upstream_unreachable", "the upstream cannot be reached")
+
+        self._metrics.upstream_errors.labels(kind="protocol").inc()
+        log.warning("proxy.upstream_failed", method=method, error=type(error).__name__)
+        return RequestRejected(502, "upstream_failed", "the upstream connection failed")
 
     async def _replay(
         self,
@@ -306,7 +304,7 @@ class Proxy:
             fresh_customer = customer
             if self._customer_ticket is not None:
                 fresh_customer = await self._customer_ticket.refresh(customer)
-        except Exception as error:  # noqa: BLE001 - any failure means: pass the 401 on.
+        except Exception as error:
             log.warning("proxy.replay_refresh_failed", error=str(error))
             return None
 
@@ -390,16 +388,26 @@ def _escapes_base(path: str) -> bool:
     return True
 
 
-async def _limited(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
-    """Yield a chunked request body, stopping the request once it passes `limit` bytes."""
-    size = 0
-    async for chunk in content.iter_chunked(CHUNK_SIZE):
-        size += len(chunk)
-        if size > limit:
-            raise RequestRejected(
-                413, "body_too_large", f"the request body is larger than {limit} bytes"
-            )
-        yield chunk
+class _LimitedBody:
+    """A chunked request body that stops the upload once it passes `limit` bytes."""
+
+    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
+        self._content = content
+        self._limit = limit
+        self.exceeded = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        size = 0
+        async for chunk in self._content.iter_chunked(CHUNK_SIZE):
+            size += len(chunk)
+            if size > self._limit:
+                self.exceeded = True
+                raise _body_too_large(self._limit)
+            yield chunk
+
+
+def _body_too_large(limit: int) -> RequestRejected:
+    return RequestRejected(413, "body_too_large", f"the request body is larger than {limit} bytes")
 
 
 async def _read_401(upstream: aiohttp.ClientResponse) -> tuple[bytes, bool]:

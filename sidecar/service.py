@@ -188,7 +188,9 @@ class Sidecar:
                 pre_shutdown()
             cancelled = await self._proxy.drain(self.settings.shutdown_grace)
             if cancelled:
-                log.warning("sidecar.requests_cut", count=cancelled, grace_s=self.settings.shutdown_grace)
+                log.warning(
+                    "sidecar.requests_cut", count=cancelled, grace_s=self.settings.shutdown_grace
+                )
 
         await self.close()
         log.info("sidecar.stopped")

@@ -41,7 +41,10 @@ CUSTOMER_ENV = {
 
 
 async def wait_for(
-    condition: Callable[[], bool | Awaitable[bool]], *, timeout: float = 10.0, what: str = "condition"
+    condition: Callable[[], bool | Awaitable[bool]],
+    *,
+    timeout: float = 10.0,
+    what: str = "condition",
 ) -> None:
     """Poll `condition` until it is true, failing the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -132,6 +135,7 @@ class RecordingUpstream:
     requests: list[Recorded] = field(default_factory=list)
     kibo_url: str = ""
     """Where customer ticket calls are passed on, since they go to the API host."""
+    streams_open: int = 0
 
 
 @pytest.fixture
@@ -157,6 +161,25 @@ async def recording_upstream() -> AsyncIterator[RecordingUpstream]:
             )
         )
         query = request.rel_url.query
+        if "always401" in query:
+            return web.json_response({"message": "invalid_token"}, status=401)
+        if "reset" in query:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
+        if "sleep" in query:
+            await asyncio.sleep(float(query["sleep"]))
+        if "trickle" in query:
+            # An endless slow body, to test a client that disconnects mid-stream.
+            response = web.StreamResponse()
+            await response.prepare(request)
+            upstream.streams_open += 1
+            try:
+                while True:
+                    await response.write(b"x" * 1024)
+                    await asyncio.sleep(0.01)
+            finally:
+                upstream.streams_open -= 1
         if "download" in query:
             total = int(query["download"])
             response = web.StreamResponse(headers={"X-Body-Sha256": _pattern_sha256(total)})
@@ -239,7 +262,9 @@ def pattern_sha256(total: int) -> str:
     return _pattern_sha256(total)
 
 
-def run_sidecar_process(env: dict[str, str], *, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+def run_sidecar_process(
+    env: dict[str, str], *, timeout: float = 20.0
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m sidecar` to completion with exactly `env` (plus PATH) and capture output."""
     full_env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": REPO, **env}
     return subprocess.run(

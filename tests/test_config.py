@@ -26,7 +26,7 @@ def test_defaults() -> None:
     assert settings.customer_auth_mode == "user-claims"
 
 
-def test_secret_file_read_and_trimmed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_secret_file_read_and_trimmed(tmp_path) -> None:
     """A *_FILE secret is read from the file, without its trailing newline."""
     secret_file = tmp_path / "secret"
     secret_file.write_text("from-file\n")
@@ -63,8 +63,16 @@ def test_settings_repr_masks_secrets() -> None:
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT", "expected one of"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL", "expected one of"),
         ({"SIDECAR_REFRESH_FRACTION": "1.5"}, "SIDECAR_REFRESH_FRACTION", "between"),
-        ({"SIDECAR_REFRESH_MARGIN_SECONDS": "5m"}, "SIDECAR_REFRESH_MARGIN_SECONDS", "not a number"),
-        ({"SIDECAR_REFRESH_MARGIN_SECONDS": "nan"}, "SIDECAR_REFRESH_MARGIN_SECONDS", "out of range"),
+        (
+            {"SIDECAR_REFRESH_MARGIN_SECONDS": "5m"},
+            "SIDECAR_REFRESH_MARGIN_SECONDS",
+            "not a number",
+        ),
+        (
+            {"SIDECAR_REFRESH_MARGIN_SECONDS": "nan"},
+            "SIDECAR_REFRESH_MARGIN_SECONDS",
+            "out of range",
+        ),
         ({"SIDECAR_UPSTREAM_POOL_SIZE": "0"}, "SIDECAR_UPSTREAM_POOL_SIZE", "at least 1"),
         ({"KIBO_ACCOUNT_ID": "abc"}, "KIBO_ACCOUNT_ID", "whole number"),
         ({"KIBO_CUSTOMER_USERNAME": "only-user"}, "KIBO_CUSTOMER_PASSWORD", "missing"),
@@ -76,7 +84,9 @@ def test_settings_repr_masks_secrets() -> None:
         ),
     ],
 )
-def test_invalid_value_names_variable(override: dict[str, str], variable: str, fragment: str) -> None:
+def test_invalid_value_names_variable(
+    override: dict[str, str], variable: str, fragment: str
+) -> None:
     """Each invalid value raises ConfigError naming the variable and the problem."""
     with pytest.raises(ConfigError) as caught:
         load_settings({**BASE, **override})
@@ -85,7 +95,7 @@ def test_invalid_value_names_variable(override: dict[str, str], variable: str, f
     assert fragment in str(caught.value)
 
 
-def test_unreadable_secret_file_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_unreadable_secret_file_named(tmp_path) -> None:
     """A *_FILE that cannot be read is reported under the *_FILE variable."""
     env = {**BASE, "KIBO_CLIENT_SECRET": "", "KIBO_CLIENT_SECRET_FILE": str(tmp_path / "absent")}
 

@@ -21,9 +21,9 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return result
 
 
-async def test_metrics_present_and_sensible(stand_in_factory, sidecar_factory, client) -> None:  # type: ignore[no-untyped-def]
+async def test_metrics_present_and_sensible(stand_in_factory, sidecar_factory, client) -> None:
     """Expiry gauges are in the future, refreshes and requests are counted, durations observed."""
-    stand_in, url = await stand_in_factory(app_lifetime=60, customer_lifetime=30)
+    _stand_in, url = await stand_in_factory(app_lifetime=60, customer_lifetime=30)
     sidecar = await sidecar_factory(url, **CUSTOMER_ENV)
     await wait_for(lambda: all(t.valid_token() for t in sidecar.tickets), what="first tokens")
     proxy = f"http://127.0.0.1:{sidecar.proxy_port}"
@@ -65,13 +65,15 @@ async def test_metrics_present_and_sensible(stand_in_factory, sidecar_factory, c
     assert values[("kibo_sidecar_proxy_requests_in_flight", ())] == 0
 
 
-async def test_unknown_method_label_bounded(stand_in_factory, sidecar_factory, client) -> None:  # type: ignore[no-untyped-def]
+async def test_unknown_method_label_bounded(stand_in_factory, sidecar_factory, client) -> None:
     """A method outside the standard set is counted as "other", so labels stay bounded."""
     _stand_in, url = await stand_in_factory()
     sidecar = await sidecar_factory(url)
     await wait_for(lambda: all(t.valid_token() for t in sidecar.tickets), what="first tokens")
 
-    async with client.request("PROPFIND", f"http://127.0.0.1:{sidecar.proxy_port}/api/x") as response:
+    async with client.request(
+        "PROPFIND", f"http://127.0.0.1:{sidecar.proxy_port}/api/x"
+    ) as response:
         await response.read()
 
     async def counted() -> bool:
@@ -84,7 +86,7 @@ async def test_unknown_method_label_bounded(stand_in_factory, sidecar_factory, c
 
 async def test_logs_are_json_events_without_secrets(
     stand_in_factory, sidecar_factory, client, log_stream
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """A run with refreshes, a revoked refresh token and failures logs no token or secret."""
     stand_in, url = await stand_in_factory(app_lifetime=3, customer_lifetime=1.5)
     sidecar = await sidecar_factory(url, SIDECAR_REFRESH_JITTER="0", **CUSTOMER_ENV)

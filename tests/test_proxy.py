@@ -16,7 +16,7 @@ MIB = 1024 * 1024
 
 
 @pytest.fixture
-async def proxied(stand_in_factory, sidecar_factory, recording_upstream):  # type: ignore[no-untyped-def]
+async def proxied(stand_in_factory, sidecar_factory, recording_upstream):
     """A sidecar whose tickets come from the stand-in and whose upstream records requests."""
     stand_in, kibo_url = await stand_in_factory()
     recording_upstream.kibo_url = kibo_url
@@ -38,7 +38,7 @@ async def raw_exchange(port: int, request: bytes, *, head_only: bool = False) ->
     return data
 
 
-async def test_query_string_byte_for_byte(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_query_string_byte_for_byte(proxied, client) -> None:
     """Path and query reach the upstream exactly as the app sent them."""
     _stand_in, sidecar, upstream = proxied
     target = "/api/commerce/catalog/storefront/products/search?q=a%20b+c&filter=x%3D1%26y&empty=&dup=1&dup=2&%7E=%zz"
@@ -52,9 +52,9 @@ async def test_query_string_byte_for_byte(proxied, client) -> None:  # type: ign
     assert upstream.requests[-1].raw_path == target
 
 
-async def test_headers_injected_and_cleaned(proxied) -> None:  # type: ignore[no-untyped-def]
+async def test_headers_injected_and_cleaned(proxied) -> None:
     """Host is the upstream's, Authorization is replaced, hop-by-hop headers are dropped."""
-    stand_in, sidecar, upstream = proxied
+    _stand_in, sidecar, upstream = proxied
     request = (
         "GET /api/x HTTP/1.1\r\n"
         "Host: app.internal\r\n"
@@ -82,7 +82,14 @@ async def test_headers_injected_and_cleaned(proxied) -> None:  # type: ignore[no
     assert seen.header("Host") == [upstream.url.removeprefix("http://")]
     assert seen.header("Authorization") == [f"Bearer {app_token.access_token}"]
     assert seen.header("x-vol-user-claims") == [customer_token.access_token]
-    for dropped in ("Connection", "X-Private-Hop", "Keep-Alive", "TE", "Upgrade", "Proxy-Authorization"):
+    for dropped in (
+        "Connection",
+        "X-Private-Hop",
+        "Keep-Alive",
+        "TE",
+        "Upgrade",
+        "Proxy-Authorization",
+    ):
         assert seen.header(dropped) == [], dropped
     assert seen.header("x-vol-tenant") == ["12345"]
     assert seen.header("X-Multi") == ["one", "two"]
@@ -90,7 +97,7 @@ async def test_headers_injected_and_cleaned(proxied) -> None:  # type: ignore[no
     assert seen.header("User-Agent") == []
 
 
-async def test_response_hop_by_hop_dropped(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_response_hop_by_hop_dropped(proxied, client) -> None:
     """Hop-by-hop headers of the upstream's answer, and those it names, do not reach the app."""
     _stand_in, sidecar, _upstream = proxied
 
@@ -101,7 +108,7 @@ async def test_response_hop_by_hop_dropped(proxied, client) -> None:  # type: ig
         assert response.headers["X-Kept"] == "yes"
 
 
-async def test_gzip_passes_untouched(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_gzip_passes_untouched(proxied, client) -> None:
     """A compressed answer arrives compressed, with its Content-Encoding."""
     _stand_in, sidecar, _upstream = proxied
 
@@ -113,12 +120,12 @@ async def test_gzip_passes_untouched(proxied, client) -> None:  # type: ignore[n
     assert int(response.headers["Content-Length"]) == len(body)
 
 
-async def test_streamed_upload_multi_mib(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_streamed_upload_multi_mib(proxied, client) -> None:
     """A 24 MiB upload, chunked and with a length, arrives intact."""
     _stand_in, sidecar, upstream = proxied
     size = 24 * MIB
 
-    async def body():  # type: ignore[no-untyped-def]
+    async def body():
         for piece in pattern_chunks(size):
             yield piece
 
@@ -138,13 +145,15 @@ async def test_streamed_upload_multi_mib(proxied, client) -> None:  # type: igno
     assert sized.header("Content-Length") == [str(size)]
 
 
-async def test_streamed_download_multi_mib(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_streamed_download_multi_mib(proxied, client) -> None:
     """A 32 MiB answer arrives intact with its Content-Length."""
     _stand_in, sidecar, _upstream = proxied
     size = 32 * MIB
     digest = hashlib.sha256()
 
-    async with client.get(f"http://127.0.0.1:{sidecar.proxy_port}/api/x?download={size}") as response:
+    async with client.get(
+        f"http://127.0.0.1:{sidecar.proxy_port}/api/x?download={size}"
+    ) as response:
         async for chunk in response.content.iter_any():
             digest.update(chunk)
 
@@ -152,7 +161,7 @@ async def test_streamed_download_multi_mib(proxied, client) -> None:  # type: ig
     assert digest.hexdigest() == pattern_sha256(size)
 
 
-async def test_small_body_buffered_exactly(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_small_body_buffered_exactly(proxied, client) -> None:
     """A small JSON body arrives as sent, with its content type."""
     _stand_in, sidecar, upstream = proxied
     payload = b'{"items": [1, 2, 3]}'
@@ -183,13 +192,14 @@ async def test_small_body_buffered_exactly(proxied, client) -> None:  # type: ig
         "/api/x%00y",
     ],
 )
-async def test_path_escape_rejected(proxied, target: str) -> None:  # type: ignore[no-untyped-def]
+async def test_path_escape_rejected(proxied, target: str) -> None:
     """Dot segments, raw or encoded, are refused with 400 and never forwarded."""
     _stand_in, sidecar, upstream = proxied
     before = len(upstream.requests)
 
     raw = await raw_exchange(
-        sidecar.proxy_port, f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        sidecar.proxy_port,
+        f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
     )
 
     assert raw.startswith(b"HTTP/1.1 400"), raw[:200]
@@ -197,7 +207,7 @@ async def test_path_escape_rejected(proxied, target: str) -> None:  # type: igno
     assert len(upstream.requests) == before
 
 
-async def test_absolute_form_rejected(proxied) -> None:  # type: ignore[no-untyped-def]
+async def test_absolute_form_rejected(proxied) -> None:
     """An absolute-form target naming another host is refused, not forwarded."""
     _stand_in, sidecar, upstream = proxied
     before = len(upstream.requests)
@@ -211,7 +221,7 @@ async def test_absolute_form_rejected(proxied) -> None:  # type: ignore[no-untyp
     assert len(upstream.requests) == before
 
 
-async def test_connect_rejected(proxied) -> None:  # type: ignore[no-untyped-def]
+async def test_connect_rejected(proxied) -> None:
     """CONNECT is refused with a 4xx and opens no tunnel."""
     _stand_in, sidecar, upstream = proxied
     before = len(upstream.requests)
@@ -226,7 +236,7 @@ async def test_connect_rejected(proxied) -> None:  # type: ignore[no-untyped-def
     assert len(upstream.requests) == before
 
 
-async def test_keepalive_connections_reused(proxied, client) -> None:  # type: ignore[no-untyped-def]
+async def test_keepalive_connections_reused(proxied, client) -> None:
     """Sequential requests reuse one pooled upstream connection."""
     _stand_in, sidecar, _upstream = proxied
     url = f"http://127.0.0.1:{sidecar.proxy_port}/api/x"
@@ -234,13 +244,13 @@ async def test_keepalive_connections_reused(proxied, client) -> None:  # type: i
         async with client.get(url) as response:
             await response.read()
 
-    connector = sidecar._sessions[1].connector  # noqa: SLF001 - the pool is the thing checked.
+    connector = sidecar._sessions[1].connector
     assert connector is not None
-    pooled = sum(len(connections) for connections in connector._conns.values())  # noqa: SLF001
+    pooled = sum(len(connections) for connections in connector._conns.values())
     assert pooled == 1
 
 
-async def test_upload_memory_stays_flat(proxied) -> None:  # type: ignore[no-untyped-def]
+async def test_upload_memory_stays_flat(proxied) -> None:
     """A 256 MiB chunked upload passes without the proxy buffering it."""
     import resource
 
@@ -249,7 +259,7 @@ async def test_upload_memory_stays_flat(proxied) -> None:  # type: ignore[no-unt
     block = bytes(1024 * 1024)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
-    async def body():  # type: ignore[no-untyped-def]
+    async def body():
         for _ in range(size // len(block)):
             yield block
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import aiohttp
@@ -36,13 +37,13 @@ async def hammer(
     return ok, failures
 
 
-def call_times(stand_in, endpoint: str) -> list[float]:  # type: ignore[no-untyped-def]
+def call_times(stand_in, endpoint: str) -> list[float]:
     return [moment for name, moment in stand_in.stats_calls if name == endpoint]
 
 
 async def test_customer_ticket_survives_lifetimes_under_load(
     stand_in_factory, sidecar_factory, client
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """24 clients across four customer-ticket lifetimes: no failure, no expired token upstream."""
     lifetime = 2.5
     stand_in, url = await stand_in_factory(app_lifetime=5.0, customer_lifetime=lifetime)
@@ -63,7 +64,7 @@ async def test_customer_ticket_survives_lifetimes_under_load(
     assert stats.customer_refreshes >= 4
 
 
-async def test_one_refresh_call_per_round(stand_in_factory, sidecar_factory, client) -> None:  # type: ignore[no-untyped-def]
+async def test_one_refresh_call_per_round(stand_in_factory, sidecar_factory, client) -> None:
     """Successive refresh calls for a ticket are a refresh interval apart, never bunched."""
     lifetime = 2.0
     stand_in, url = await stand_in_factory(app_lifetime=4.0, customer_lifetime=lifetime)
@@ -76,7 +77,7 @@ async def test_one_refresh_call_per_round(stand_in_factory, sidecar_factory, cli
     assert failures == []
     for endpoint, ticket_lifetime in ((CUSTOMER_REFRESH_CALL, lifetime), (OAUTH_CALL, 4.0)):
         moments = call_times(stand_in, endpoint)
-        gaps = [later - earlier for earlier, later in zip(moments, moments[1:], strict=False)]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(moments)]
         # The schedule refreshes at 75 % of the measured lifetime, which can be a second
         # shorter than the nominal one because the Date header has whole-second
         # resolution. Duplicate calls in one round would show as gaps of milliseconds.
@@ -85,7 +86,7 @@ async def test_one_refresh_call_per_round(stand_in_factory, sidecar_factory, cli
 
 
 @pytest.mark.parametrize("skew", [-900.0, 900.0])
-async def test_clock_skew_handled(stand_in_factory, sidecar_factory, client, skew: float) -> None:  # type: ignore[no-untyped-def]
+async def test_clock_skew_handled(stand_in_factory, sidecar_factory, client, skew: float) -> None:
     """A server clock 15 minutes off: no expired token sent and no refresh loop."""
     lifetime = 2.0
     stand_in, url = await stand_in_factory(
@@ -106,7 +107,7 @@ async def test_clock_skew_handled(stand_in_factory, sidecar_factory, client, ske
     assert lifetime - 1.5 <= customer.lifetime <= lifetime
 
 
-async def test_readyz_false_before_first_token(stand_in_factory, sidecar_factory, client) -> None:  # type: ignore[no-untyped-def]
+async def test_readyz_false_before_first_token(stand_in_factory, sidecar_factory, client) -> None:
     """/readyz is 503 until every ticket holds a token, then 200."""
     stand_in, url = await stand_in_factory()
     stand_in.faults.delay = 0.5
@@ -127,7 +128,7 @@ async def test_readyz_false_before_first_token(stand_in_factory, sidecar_factory
         assert response.status == 200
 
 
-async def test_jwt_bearer_mode(stand_in_factory, sidecar_factory, client) -> None:  # type: ignore[no-untyped-def]
+async def test_jwt_bearer_mode(stand_in_factory, sidecar_factory, client) -> None:
     """The jwt-bearer switch sends the customer JWT as the bearer instead of user claims."""
     stand_in, url = await stand_in_factory()
     sidecar = await sidecar_factory(url, SIDECAR_CUSTOMER_AUTH_MODE="jwt-bearer", **CUSTOMER_ENV)
@@ -139,15 +140,20 @@ async def test_jwt_bearer_mode(stand_in_factory, sidecar_factory, client) -> Non
     assert stand_in.stats.protected_ok == 1
 
 
-async def test_refresh_token_start_without_password(stand_in_factory, sidecar_factory, client) -> None:  # type: ignore[no-untyped-def]
+async def test_refresh_token_start_without_password(
+    stand_in_factory, sidecar_factory, client
+) -> None:
     """Starting from a customer refresh token alone works and follows its rotation."""
     stand_in, url = await stand_in_factory(customer_lifetime=1.5)
     # Obtain a first refresh token the way an operator would, through a login.
     async with aiohttp.ClientSession() as session:
         async with session.post(
             url + "/api/platform/applications/authtickets/oauth",
-            json={"client_id": "demo-client", "client_secret": "demo-secret",
-                  "grant_type": "client_credentials"},
+            json={
+                "client_id": "demo-client",
+                "client_secret": "demo-secret",
+                "grant_type": "client_credentials",
+            },
         ) as response:
             app_token = (await response.json())["access_token"]
         async with session.post(

@@ -55,8 +55,12 @@ def test_refresh_delay_always_before_expiry() -> None:
         for margin in (0.0, 10.0, 300.0, 7200.0):
             for draw in (0.0, 0.5, 0.999):
                 delay = refresh_delay(
-                    lifetime=lifetime, remaining=lifetime, fraction=0.75,
-                    margin=margin, jitter=0.5, draw=draw,
+                    lifetime=lifetime,
+                    remaining=lifetime,
+                    fraction=0.75,
+                    margin=margin,
+                    jitter=0.5,
+                    draw=draw,
                 )
                 assert 0 < delay < lifetime, (lifetime, margin, draw)
 

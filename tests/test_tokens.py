@@ -22,7 +22,9 @@ INSTANT = 1794547916.1234567  # 2026-11-13T05:31:56.1234567Z
 
 
 def make_jwt(iat: float, exp: float) -> str:
-    return jwt.encode({"iat": int(iat), "exp": int(exp), "sub": "test"}, "k" * 32, algorithm="HS256")
+    return jwt.encode(
+        {"iat": int(iat), "exp": int(exp), "sub": "test"}, "k" * 32, algorithm="HS256"
+    )
 
 
 @pytest.mark.parametrize(
@@ -47,7 +49,8 @@ def test_kibo_datetime_wcf_form() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "yesterday", "2026-13-01T00:00:00Z", "2026-11-13T25:00:00", "2026-11-13T05:31:56+25:00"]
+    "text",
+    ["", "yesterday", "2026-13-01T00:00:00Z", "2026-11-13T25:00:00", "2026-11-13T05:31:56+25:00"],
 )
 def test_kibo_datetime_rejects_garbage(text: str) -> None:
     """Invalid dates raise ValueError with the value quoted."""
@@ -87,7 +90,7 @@ def test_kibo_datetime_fuzz_value_or_valueerror(text: str) -> None:
         min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.timezones()
     )
 )
-def test_kibo_datetime_roundtrip_property(moment) -> None:  # type: ignore[no-untyped-def]
+def test_kibo_datetime_roundtrip_property(moment) -> None:
     """Any aware datetime written in ISO form reads back as the same instant."""
     text = moment.isoformat()
     assert parse_kibo_datetime(text) == pytest.approx(moment.timestamp(), abs=1e-5)
@@ -221,11 +224,24 @@ def test_jwt_reader_hides_token_in_error() -> None:
 
 ticket_fields = st.dictionaries(
     st.sampled_from(
-        ["access_token", "expires_in", "accessToken", "refreshToken", "accessTokenExpiration",
-         "jwtAccessToken", "other"]
+        [
+            "access_token",
+            "expires_in",
+            "accessToken",
+            "refreshToken",
+            "accessTokenExpiration",
+            "jwtAccessToken",
+            "other",
+        ]
     ),
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=30),
-              st.lists(st.integers(), max_size=3)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),
+        st.text(max_size=30),
+        st.lists(st.integers(), max_size=3),
+    ),
 )
 
 
