@@ -85,9 +85,9 @@ async def test_one_refresh_call_per_round(stand_in_factory, sidecar_factory, cli
     assert len(call_times(stand_in, CUSTOMER_REFRESH_CALL)) >= 3
 
 
-@pytest.mark.parametrize("skew", [-900.0, 900.0])
+@pytest.mark.parametrize("skew", [-3600.0, -900.0, 900.0, 3600.0])
 async def test_clock_skew_handled(stand_in_factory, sidecar_factory, client, skew: float) -> None:
-    """A server clock 15 minutes off: no expired token sent and no refresh loop."""
+    """A server clock 15 or 60 minutes off: no expired token sent and no refresh loop."""
     lifetime = 2.0
     stand_in, url = await stand_in_factory(
         app_lifetime=4.0, customer_lifetime=lifetime, clock_offset=skew
