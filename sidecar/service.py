@@ -1,9 +1,10 @@
 """The running sidecar: tickets, proxy and admin listeners, started and stopped as a whole.
 
-Start order: admin listener (so probes answer at once), ticket tasks, proxy
-listener. Stop order on SIGTERM: readiness turns 503, new requests are still
-served for the drain delay, the proxy listener closes, in-flight requests get
-the grace period, then the tickets and HTTP sessions stop.
+Start order: ticket tasks, proxy listener, admin listener, so that a startup
+probe on the admin port passes only once the proxy accepts connections.
+Stop order on SIGTERM: readiness turns 503, new requests are still served for
+the drain delay, the proxy listener closes, in-flight requests get the grace
+period, then the tickets and HTTP sessions stop.
 """
 
 from __future__ import annotations
@@ -117,14 +118,6 @@ class Sidecar:
             )
             self.tickets.append(customer_ticket)
 
-        admin_app = make_admin_app(
-            metrics=self.metrics, tickets=self.tickets, draining=lambda: self.draining
-        )
-        admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0)
-        await admin_runner.setup()
-        self._runners.append(admin_runner)
-        self.admin_port = await _bind(admin_runner, settings.admin_listen)
-
         for ticket in self.tickets:
             self._tasks.append(asyncio.create_task(ticket.run(), name=f"ticket-{ticket.name}"))
 
@@ -156,6 +149,14 @@ class Sidecar:
         await self._proxy_runner.setup()
         self._runners.append(self._proxy_runner)
         self.proxy_port = await _bind(self._proxy_runner, settings.listen)
+
+        admin_app = make_admin_app(
+            metrics=self.metrics, tickets=self.tickets, draining=lambda: self.draining
+        )
+        admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0)
+        await admin_runner.setup()
+        self._runners.append(admin_runner)
+        self.admin_port = await _bind(admin_runner, settings.admin_listen)
 
         if settings.listen.host not in LOOPBACK_HOSTS:
             log.warning(
