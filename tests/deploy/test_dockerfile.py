@@ -119,6 +119,8 @@ def test_builder_uses_ci_install_step() -> None:
     ]
 
     assert any("pip install --no-cache-dir ." in run for run in runs)
+    ci_run = (DOCKERFILE.parent / ".ci" / "run").read_text()
+    assert "pip install --quiet --no-cache-dir '.[test]'" in ci_run
 
 
 def _context_files(root: Path) -> list[Path]:
