@@ -96,6 +96,7 @@ class Proxy:
         self._active: set[asyncio.Task[object]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._injected_cache: tuple[Token, Token | None, dict[str, str]] | None = None
 
     async def drain(self, grace: float) -> int:
         """Wait up to `grace` seconds for in-flight requests, then cancel the rest.
@@ -240,6 +241,16 @@ class Proxy:
         return _LimitedBody(request.content, self._options.max_body_size), False
 
     def _injected(self, tokens: tuple[Token, Token | None]) -> dict[str, str]:
+        """Return the credential headers for `tokens`, built once per token pair."""
+        cached = self._injected_cache
+        if cached is not None and cached[0] is tokens[0] and cached[1] is tokens[1]:
+            return cached[2]
+
+        headers = self._build_injected(tokens)
+        self._injected_cache = (tokens[0], tokens[1], headers)
+        return headers
+
+    def _build_injected(self, tokens: tuple[Token, Token | None]) -> dict[str, str]:
         app, customer = tokens
         if customer is None:
             return {"Authorization": f"Bearer {app.access_token}"}

@@ -9,8 +9,10 @@ already replaced the token, so a crowd of callers causes a single fetch.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -162,6 +164,18 @@ class ManagedTicket:
                 if not error.retryable:
                     self.failure = str(error)
                 raise
+            except Exception as error:
+                # A bug must not end the refresh loop for good. Only the type is kept:
+                # the message of an unknown error could quote a token or a URL query.
+                self._metrics.token_refreshes.labels(ticket=self.name, outcome="failure").inc()
+                frame = traceback.extract_tb(error.__traceback__)[-1]
+                log.error(
+                    "ticket.fetch_crashed",
+                    ticket=self.name,
+                    error=type(error).__name__,
+                    where=f"{os.path.basename(frame.filename)}:{frame.lineno}",
+                )
+                raise TicketError(f"unexpected {type(error).__name__} while fetching") from None
 
             self._store(token)
             self._metrics.token_refreshes.labels(ticket=self.name, outcome="success").inc()

@@ -185,7 +185,7 @@ async def recording_upstream() -> AsyncIterator[RecordingUpstream]:
             response = web.StreamResponse(headers={"X-Body-Sha256": _pattern_sha256(total)})
             response.content_length = total
             await response.prepare(request)
-            for piece in _pattern_chunks(total):
+            for piece in _pattern_chunks(total) if request.method != "HEAD" else []:
                 await response.write(piece)
             await response.write_eof()
             return response

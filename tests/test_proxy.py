@@ -279,3 +279,54 @@ def test_socket_module_available() -> None:
     """The raw socket tests need IPv4 loopback."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
+
+
+async def test_head_request_keeps_length(proxied, client) -> None:
+    """A HEAD answer keeps the upstream's Content-Length and carries no body."""
+    _stand_in, sidecar, upstream = proxied
+
+    async with client.head(
+        f"http://127.0.0.1:{sidecar.proxy_port}/api/x?download=5000"
+    ) as response:
+        body = await response.read()
+
+    assert response.status == 200
+    assert response.headers["Content-Length"] == "5000"
+    assert body == b""
+    assert upstream.requests[-1].method == "HEAD"
+
+
+async def test_empty_post_forwarded(proxied) -> None:
+    """A POST with Content-Length: 0 arrives with an empty body and that length."""
+    _stand_in, sidecar, upstream = proxied
+
+    raw = await raw_exchange(
+        sidecar.proxy_port,
+        b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+
+    assert raw.startswith(b"HTTP/1.1 200")
+    assert upstream.requests[-1].body_size == 0
+    assert upstream.requests[-1].header("Content-Length") == ["0"]
+
+
+async def test_expect_continue_upload(proxied) -> None:
+    """A client that sends Expect: 100-continue gets the go-ahead and its body arrives."""
+    _stand_in, sidecar, upstream = proxied
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.proxy_port)
+    writer.write(
+        b"PUT /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    await writer.drain()
+
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.write(b"hello")
+    await writer.drain()
+    final = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+
+    assert interim.startswith(b"HTTP/1.1 100")
+    assert final.startswith(b"HTTP/1.1 200")
+    assert upstream.requests[-1].body_sha256 == hashlib.sha256(b"hello").hexdigest()
+    assert upstream.requests[-1].header("Expect") == []
