@@ -1,7 +1,7 @@
 """Readers for the date forms Kibo and HTTP use, all returning unix seconds in UTC.
 
 Kibo's .NET services write up to seven fractional digits, sometimes an offset
-and sometimes no zone at all; a zoneless date means UTC, never local time.
+and sometimes no zone at all. A zoneless date means UTC, never local time.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ _ISO = re.compile(
     re.VERBOSE,
 )
 # The WCF JSON form, /Date(1731000000000)/ or /Date(1731000000000+0100)/: milliseconds
-# since the epoch in UTC; the offset only tells the zone it was written for.
+# since the epoch in UTC. The offset only names the zone it was written for.
 _WCF = re.compile(r"/Date\((?P<millis>-?\d+)(?:[+-]\d{4})?\)/")
 
 

@@ -19,7 +19,7 @@ class TicketError(Exception):
 
 
 class InvalidTicketError(TicketError):
-    """The server answered, but not with a usable ticket (bad JSON, missing fields, no expiry)."""
+    """The server responded, but not with a usable ticket (bad JSON, missing fields, no expiry)."""
 
 
 class CredentialsRejectedError(TicketError):
@@ -31,7 +31,7 @@ class CredentialsRejectedError(TicketError):
 
 
 class RefreshTokenRejectedError(TicketError):
-    """The refresh token was refused: expired, revoked or already used."""
+    """The refresh token was rejected: expired, revoked or already used."""
 
 
 class TicketFailedError(TicketError):

@@ -185,8 +185,8 @@ class AppTicketFetcher:
 class CustomerTicketFetcher:
     """Gets customer tickets, following rotated refresh tokens.
 
-    Only the newest refresh token is kept and sent. A refused refresh token is
-    first retried once with a new application token (Kibo answers
+    Only the newest refresh token is kept and sent. A rejected refresh token is
+    first retried once with a new application token (Kibo returns
     `invalid_token` for a stale bearer too), then replaced by a login when the
     password is known; without a password the ticket fails for good.
     """
@@ -231,11 +231,11 @@ class CustomerTicketFetcher:
             except RefreshTokenRejectedError as error:
                 if self._password is None or self._username is None:
                     raise TicketFailedError(
-                        f"{error}; the refresh token was refused and no password is configured, "
+                        f"{error}; the refresh token was rejected and no password is configured, "
                         "so a new KIBO_CUSTOMER_REFRESH_TOKEN is needed"
                     ) from None
                 log.warning(
-                    "ticket.refresh_token_refused",
+                    "ticket.refresh_token_rejected",
                     ticket="customer",
                     error=str(error),
                     action="login",
@@ -255,7 +255,7 @@ class CustomerTicketFetcher:
                 self._api_url, app_token, self._refresh_token, self._account_id
             )
         except RefreshTokenRejectedError:
-            # Kibo answers 401 invalid_token both for a refused refresh token and for a
+            # Kibo returns 401 invalid_token both for a rejected refresh token and for a
             # stale application bearer; one try with a new bearer tells them apart.
             fresh_app_token = await self._app_ticket.refresh(app_token)
             return await self._client.customer_refresh(
@@ -302,7 +302,7 @@ async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
     async for chunk in response.content.iter_any():
         size += len(chunk)
         if size > limit:
-            raise InvalidTicketError(f"the answer is larger than {limit} bytes")
+            raise InvalidTicketError(f"the response is larger than {limit} bytes")
         chunks.append(chunk)
 
     return b"".join(chunks)

@@ -59,7 +59,7 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "kibo_sidecar_upstream_errors",
-            "Proxied requests that failed before an upstream answer, by kind.",
+            "Proxied requests that failed before an upstream response, by kind.",
             ["kind"],
             registry=self.registry,
         )

@@ -2,8 +2,8 @@
 
 Bodies stream in both directions; the target's path and query pass byte for
 byte; hop-by-hop headers (RFC 9110 section 7.6.1) are dropped; compressed
-answers pass through untouched. Only the configured upstream is ever
-contacted. A 401 `invalid_token` answer refreshes the ticket and replays the
+responses pass through untouched. Only the configured upstream is ever
+contacted. A 401 `invalid_token` response refreshes the ticket and replays the
 request once, when its body was small enough to keep.
 """
 
@@ -226,7 +226,7 @@ class Proxy:
     async def _body(self, request: web.BaseRequest) -> tuple[object, bool]:
         """Return the body to send upstream and whether it can be sent a second time."""
         if request.headers.get("Expect", "").lower() == "100-continue":
-            # The low-level server does not answer Expect itself; without this a
+            # The low-level server does not handle Expect itself; without this a
             # client such as curl stalls for a second before every large upload.
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -288,7 +288,7 @@ class Proxy:
             return error
         if isinstance(error, TimeoutError):
             self._metrics.upstream_errors.labels(kind="timeout").inc()
-            return RequestRejected(504, "upstream_timeout", "the upstream did not answer in time")
+            return RequestRejected(504, "upstream_timeout", "the upstream did not respond in time")
         if isinstance(error, aiohttp.ClientConnectorError):
             self._metrics.upstream_errors.labels(kind="connect").inc()
             return RequestRejected(502, "upstream_unreachable", "the upstream cannot be reached")

@@ -1,7 +1,7 @@
 """The optional state file: the newest customer refresh token, kept across restarts.
 
 When the customer identity is a rotating refresh token with no password, the
-token from the environment stops working after its first use; this file lets
+token from the environment stops working after its first use. This file lets
 a restarted sidecar resume from the newest one. It is written owner-only and
 replaced atomically (write a temporary file, fsync, rename), so a crash leaves
 either the old token or the new one, never half of one.

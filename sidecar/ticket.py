@@ -125,8 +125,8 @@ class ManagedTicket:
         if token is not None or timeout <= 0 or self.failure is not None:
             return token
         if self.consecutive_failures:
-            # The token endpoint is failing right now; a caller is better served by a
-            # quick refusal than by a wait that will most likely end the same way.
+            # The token endpoint is failing right now, so a wait would most likely
+            # end the same way. A quick 503 serves the caller better.
             return None
 
         deadline = self._clock.monotonic() + timeout

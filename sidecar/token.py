@@ -1,6 +1,6 @@
-"""The Token value and the parsers that turn Kibo's ticket answers into one.
+"""The Token value and the parsers that turn Kibo's ticket responses into one.
 
-A token's expiry is read from every source the answer offers (`expires_in`,
+A token's expiry is read from every source the response offers (`expires_in`,
 `accessTokenExpiration`, the JWT's `exp`) and the earliest wins. Absolute
 dates are on the server's clock, so each is measured against the server's own
 idea of "now" (its Date header, else the JWT's `iat`) and then placed on the
@@ -20,7 +20,7 @@ from .dates import parse_http_date, parse_kibo_datetime
 from .errors import InvalidTicketError
 
 # HTTP dates have one-second resolution, so the server's real "now" may be up to a
-# second later than its Date header says; assume the worst.
+# second later than its Date header shows, so the worst case is assumed.
 DATE_HEADER_RESOLUTION = 1.0
 
 
@@ -46,7 +46,7 @@ class Token:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Receipt:
-    """When a ticket request was sent, on both local clocks, and the answer's Date header."""
+    """When a ticket request was sent, on both local clocks, and the response's Date header."""
 
     monotonic: float
     wall: float
@@ -54,7 +54,7 @@ class Receipt:
 
 
 def parse_app_ticket(body: Any, receipt: Receipt) -> Token:
-    """Build a Token from the OAuth client-credentials answer, or raise InvalidTicketError."""
+    """Build a Token from the OAuth client-credentials response, or raise InvalidTicketError."""
     fields = _mapping(body)
     access_token = _text(fields, "access_token")
     expires_in = _seconds(fields.get("expires_in"), "expires_in")
@@ -205,7 +205,7 @@ def _token(
 
 def _mapping(body: Any) -> Mapping[str, Any]:
     if not isinstance(body, Mapping):
-        raise InvalidTicketError(f"the answer is a JSON {type(body).__name__}, not an object")
+        raise InvalidTicketError(f"the response is a JSON {type(body).__name__}, not an object")
 
     return body
 

@@ -55,7 +55,7 @@ async def metric_value(client: aiohttp.ClientSession, sidecar, line_prefix: str)
 
 
 async def test_token_endpoint_5xx_at_startup(stand_in_factory, sidecar_factory, client) -> None:
-    """Four 5xx answers at start-up: backoff retries, /readyz 503 until a token, then ready."""
+    """Four 5xx responses at start-up: backoff retries, /readyz 503 until a token, then ready."""
     stand_in, url = await stand_in_factory()
     stand_in.faults.fail_next(4, 503)
     sidecar = await sidecar_factory(url)
@@ -98,13 +98,13 @@ async def test_token_endpoint_unreachable(sidecar_factory, recording_upstream, c
     assert status == 503
     assert headers["Retry-After"] == "1"
     assert body["error"] == "no_token"
-    # While the endpoint is failing the proxy answers at once instead of waiting.
+    # While the endpoint is failing the proxy responds at once instead of waiting.
     assert time.monotonic() - started < 1.0
     assert recording_upstream.requests == []
 
 
 async def test_token_endpoint_slow(stand_in_factory, sidecar_factory, client) -> None:
-    """A token endpoint slower than the timeout is retried until it answers in time."""
+    """A token endpoint slower than the timeout is retried until it responds in time."""
     stand_in, url = await stand_in_factory()
     stand_in.faults.delay = 1.0
     sidecar = await sidecar_factory(url, SIDECAR_TOKEN_TIMEOUT_SECONDS="0.3")
@@ -172,7 +172,7 @@ async def test_rejected_credentials_retried(stand_in_factory, sidecar_factory, s
 
 
 async def test_garbage_ticket_never_stored(stand_in_factory, sidecar_factory, client) -> None:
-    """200 answers that are not tickets are refused and retried with backoff, not stored."""
+    """200 responses that are not tickets are rejected and retried with backoff, not stored."""
     stand_in, url = await stand_in_factory()
     stand_in.faults.garbage_next(3)
     sidecar = await sidecar_factory(url, SIDECAR_RETRY_INITIAL_SECONDS="0.2")
@@ -187,7 +187,7 @@ async def test_garbage_ticket_never_stored(stand_in_factory, sidecar_factory, cl
     assert moments[-1] - moments[0] >= 0.2
 
 
-async def test_zero_lifetime_ticket_refused(stand_in_factory, sidecar_factory) -> None:
+async def test_zero_lifetime_ticket_rejected(stand_in_factory, sidecar_factory) -> None:
     """expires_in of 0 and a past expiration are errors that are retried, never a refresh loop."""
     stand_in, url = await stand_in_factory()
     stand_in.faults.zero_lifetime_next(3)
@@ -196,7 +196,7 @@ async def test_zero_lifetime_ticket_refused(stand_in_factory, sidecar_factory) -
     await wait_for(lambda: all_valid(sidecar), what="valid tickets")
 
     total_calls = len(stand_in.stats_calls)
-    assert total_calls <= 3 + 2 + 1  # three refused, one app ticket, one login, one retry slack
+    assert total_calls <= 3 + 2 + 1  # three rejected, one app ticket, one login, one retry slack
 
 
 # Refresh tokens
@@ -222,7 +222,7 @@ async def customer_refresh_token(url: str) -> str:
             return str((await response.json())["refreshToken"])
 
 
-async def test_refused_refresh_token_logs_in(stand_in_factory, sidecar_factory) -> None:
+async def test_rejected_refresh_token_logs_in(stand_in_factory, sidecar_factory) -> None:
     """A revoked refresh token leads to a fresh login when the password is known."""
     stand_in, url = await stand_in_factory(customer_lifetime=2.0)
     sidecar = await sidecar_factory(url, **CUSTOMER_ENV)
@@ -235,7 +235,7 @@ async def test_refused_refresh_token_logs_in(stand_in_factory, sidecar_factory) 
     await wait_for(lambda: all_valid(sidecar), what="valid tokens after the login")
 
 
-async def test_refused_refresh_token_without_password(
+async def test_rejected_refresh_token_without_password(
     stand_in_factory, sidecar_factory, client, log_stream
 ) -> None:
     """Without a password a refused refresh token fails the ticket: /readyz 503, an error log."""
@@ -256,7 +256,7 @@ async def test_refused_refresh_token_without_password(
     failed = [event for event in events if event["event"] == "ticket.failed"]
     assert len(failed) == 1
     assert failed[0]["level"] == "error"
-    # No retry loop: one refused refresh, then one check with a new application token.
+    # No retry loop: one rejected refresh, then one check with a new application token.
     attempts = len(calls(stand_in, CUSTOMER_REFRESH_CALL))
     await wait_for(
         lambda: customer.valid_token() is None, timeout=5, what="the old token to expire"
@@ -301,7 +301,7 @@ async def test_restart_without_state_file_needs_new_token(
     await first.stop()
 
     second = await sidecar_factory(url, KIBO_CUSTOMER_REFRESH_TOKEN=initial)
-    await wait_for(lambda: second.tickets[1].failure is not None, what="the stale token refused")
+    await wait_for(lambda: second.tickets[1].failure is not None, what="the stale token rejected")
 
 
 # Upstream faults
@@ -349,7 +349,7 @@ async def test_invalid_token_crowd_one_refresh(stand_in_factory, sidecar_factory
 async def test_replay_at_most_once(
     stand_in_factory, sidecar_factory, recording_upstream, client
 ) -> None:
-    """An upstream that always answers invalid_token gets the request twice, the app the 401."""
+    """An upstream that always returns invalid_token gets the request twice, the app the 401."""
     _stand_in, url = await stand_in_factory()
     sidecar = await sidecar_factory(url, upstream_url=recording_upstream.url)
     await wait_for(lambda: all_valid(sidecar), what="first tokens")
@@ -454,7 +454,7 @@ async def test_client_disconnect_cancels_upstream(
 
 
 async def test_drain_readyz_off_requests_served(stand_in_factory, sidecar_factory, client) -> None:
-    """On stop, /readyz turns 503 at once, requests are served during the drain delay, then refused."""
+    """On stop, /readyz turns 503 at once, requests are served during the drain delay, then rejected."""
     _stand_in, url = await stand_in_factory()
     sidecar = await sidecar_factory(url, SIDECAR_DRAIN_DELAY_SECONDS="1.5")
     await wait_for(lambda: all_valid(sidecar), what="first tokens")
@@ -522,7 +522,7 @@ async def test_chunked_body_over_limit_cut(
 async def test_oversized_header_rejected(
     stand_in_factory, sidecar_factory, recording_upstream, client
 ) -> None:
-    """A header over SIDECAR_MAX_HEADER_BYTES is refused with a 4xx before forwarding."""
+    """A header over SIDECAR_MAX_HEADER_BYTES is rejected with a 4xx before forwarding."""
     _stand_in, url = await stand_in_factory()
     sidecar = await sidecar_factory(
         url, upstream_url=recording_upstream.url, SIDECAR_MAX_HEADER_BYTES="2048"
@@ -600,7 +600,7 @@ async def test_full_run_output_has_no_secrets(stand_in_factory) -> None:
     text = output.decode()
     assert process.returncode == 0, text
     assert "ticket.refresh_failed" in text
-    assert "ticket.refresh_token_refused" in text
+    assert "ticket.refresh_token_rejected" in text
     for secret in stand_in.issued_secrets:
         assert secret not in text
     for secret in ("demo-secret", "demo-password"):

@@ -43,7 +43,7 @@ async def test_metrics_present_and_sensible(stand_in_factory, sidecar_factory, c
             assert response.status == 200
             assert response.content_type == "text/plain"
             values = samples(await response.text())
-        # A request is counted when its handler returns, just after the client has the answer.
+        # A request is counted when its handler returns, just after the client has the response.
         return values.get(("kibo_sidecar_proxy_request_duration_seconds_count", ())) == 5
 
     await wait_for(scraped_all, what="five requests counted")
@@ -104,7 +104,7 @@ async def test_logs_are_json_events_without_secrets(
     events = [json.loads(line) for line in lines if line.startswith("{")]
     names = {event["event"] for event in events}
     assert {"ticket.fetched", "ticket.refreshed", "ticket.refresh_failed", "proxy.request"} <= names
-    assert "ticket.refresh_token_refused" in names
+    assert "ticket.refresh_token_rejected" in names
     refreshed = next(event for event in events if event["event"] == "ticket.refreshed")
     assert refreshed["expires_in_s"] > 0
     assert refreshed["next_refresh_in_s"] > 0

@@ -26,7 +26,7 @@ async def proxied(stand_in_factory, sidecar_factory, recording_upstream):
 
 
 async def raw_exchange(port: int, request: bytes, *, head_only: bool = False) -> bytes:
-    """Send raw bytes to the proxy; return its answer up to the close, or only the head."""
+    """Send raw bytes to the proxy; return its response up to the close, or only the head."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request)
     await writer.drain()
@@ -98,7 +98,7 @@ async def test_headers_injected_and_cleaned(proxied) -> None:
 
 
 async def test_response_hop_by_hop_dropped(proxied, client) -> None:
-    """Hop-by-hop headers of the upstream's answer, and those it names, do not reach the app."""
+    """Hop-by-hop headers of the upstream's response, and those it names, do not reach the app."""
     _stand_in, sidecar, _upstream = proxied
 
     async with client.get(f"http://127.0.0.1:{sidecar.proxy_port}/api/x?hop=1") as response:
@@ -109,7 +109,7 @@ async def test_response_hop_by_hop_dropped(proxied, client) -> None:
 
 
 async def test_gzip_passes_untouched(proxied, client) -> None:
-    """A compressed answer arrives compressed, with its Content-Encoding."""
+    """A compressed response arrives compressed, with its Content-Encoding."""
     _stand_in, sidecar, _upstream = proxied
 
     async with client.get(f"http://127.0.0.1:{sidecar.proxy_port}/api/x?gzip=1") as response:
@@ -146,7 +146,7 @@ async def test_streamed_upload_multi_mib(proxied, client) -> None:
 
 
 async def test_streamed_download_multi_mib(proxied, client) -> None:
-    """A 32 MiB answer arrives intact with its Content-Length."""
+    """A 32 MiB response arrives intact with its Content-Length."""
     _stand_in, sidecar, _upstream = proxied
     size = 32 * MIB
     digest = hashlib.sha256()
@@ -193,7 +193,7 @@ async def test_small_body_buffered_exactly(proxied, client) -> None:
     ],
 )
 async def test_path_escape_rejected(proxied, target: str) -> None:
-    """Dot segments, raw or encoded, are refused with 400 and never forwarded."""
+    """Dot segments, raw or encoded, are rejected with 400 and never forwarded."""
     _stand_in, sidecar, upstream = proxied
     before = len(upstream.requests)
 
@@ -208,7 +208,7 @@ async def test_path_escape_rejected(proxied, target: str) -> None:
 
 
 async def test_absolute_form_rejected(proxied) -> None:
-    """An absolute-form target naming another host is refused, not forwarded."""
+    """An absolute-form target naming another host is rejected, not forwarded."""
     _stand_in, sidecar, upstream = proxied
     before = len(upstream.requests)
 
@@ -222,7 +222,7 @@ async def test_absolute_form_rejected(proxied) -> None:
 
 
 async def test_connect_rejected(proxied) -> None:
-    """CONNECT is refused with a 4xx and opens no tunnel."""
+    """CONNECT is rejected with a 4xx and opens no tunnel."""
     _stand_in, sidecar, upstream = proxied
     before = len(upstream.requests)
 
@@ -282,7 +282,7 @@ def test_socket_module_available() -> None:
 
 
 async def test_head_request_keeps_length(proxied, client) -> None:
-    """A HEAD answer keeps the upstream's Content-Length and carries no body."""
+    """A HEAD response keeps the upstream's Content-Length and carries no body."""
     _stand_in, sidecar, upstream = proxied
 
     async with client.head(

@@ -1,4 +1,4 @@
-"""Reading Kibo dates and ticket answers: every date form, every expiry source, bad input."""
+"""Reading Kibo dates and ticket responses: every date form, every expiry source, bad input."""
 
 from __future__ import annotations
 
@@ -192,7 +192,7 @@ def test_ticket_repr_hides_tokens() -> None:
         ({"errorCode": "UNAUTHORIZED", "message": "nope"}, "no access_token"),
     ],
 )
-def test_app_ticket_rejects_bad_answers(body: object, message: str) -> None:
+def test_app_ticket_rejects_bad_responses(body: object, message: str) -> None:
     """Malformed tickets raise InvalidTicketError with a clear message."""
     with pytest.raises(InvalidTicketError, match=message):
         parse_app_ticket(body, receipt())
