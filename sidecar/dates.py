@@ -95,7 +95,8 @@ def parse_retry_after(
         return None
 
     text = text.strip()
-    if text.isdigit():
+    # str.isdigit() also accepts characters such as '²', which float() rejects.
+    if text.isascii() and text.isdigit():
         return float(text)
 
     moment = parse_http_date(text)

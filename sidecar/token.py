@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import structlog
 
 from .dates import parse_http_date, parse_kibo_datetime
 from .errors import InvalidTicketError
+
+log = structlog.get_logger("sidecar.token")
 
 # HTTP dates have one-second resolution, so the server's real "now" may be up to a
 # second later than its Date header shows, so the worst case is assumed.
@@ -63,7 +66,6 @@ def parse_app_ticket(body: Any, receipt: Receipt) -> Token:
         expires_in=expires_in,
         absolute={},
         jwt_token=access_token,
-        jwt_required=False,
     )
 
     return _token(receipt, lifetime, access_token=access_token, jwt_access_token=None, refresh=None)
@@ -76,7 +78,8 @@ def parse_customer_ticket(body: Any, receipt: Receipt) -> Token:
     """
     fields = _mapping(body)
     access_token = _text(fields, "accessToken")
-    refresh_token = _text(fields, "refreshToken")
+    # A ticket without a refresh token is still usable; the next round logs in again.
+    refresh_token = _optional_text(fields, "refreshToken")
     jwt_access_token = fields.get("jwtAccessToken") or None
     if jwt_access_token is not None and not isinstance(jwt_access_token, str):
         raise InvalidTicketError("the ticket's jwtAccessToken is not a string")
@@ -95,7 +98,6 @@ def parse_customer_ticket(body: Any, receipt: Receipt) -> Token:
         expires_in=None,
         absolute=absolute,
         jwt_token=jwt_access_token,
-        jwt_required=True,
     )
 
     return _token(
@@ -145,7 +147,6 @@ def _lifetime(
     expires_in: float | None,
     absolute: Mapping[str, float],
     jwt_token: str | None,
-    jwt_required: bool,
 ) -> float:
     """Return the seconds, counted from when the request was sent, until the earliest expiry."""
     server_now = None
@@ -159,12 +160,14 @@ def _lifetime(
         candidates.append(expires_in)
 
     iat: float | None = None
+    unreadable_jwt: InvalidTicketError | None = None
     if jwt_token is not None:
         try:
             iat, exp = read_jwt_times(jwt_token)
-        except InvalidTicketError:
-            if jwt_required:
-                raise
+        except InvalidTicketError as error:
+            # Kibo's tokens are JWTs, but the other sources are enough to go on; the
+            # JWT only becomes a reason to reject the ticket when nothing else is left.
+            unreadable_jwt = error
         else:
             # exp - iat needs no clock agreement at all: both are the server's.
             candidates.append(exp - iat if iat is not None else exp - (server_now or receipt.wall))
@@ -175,7 +178,13 @@ def _lifetime(
         candidates.append(moment - (reference if reference is not None else receipt.wall))
 
     if not candidates:
+        if unreadable_jwt is not None:
+            raise InvalidTicketError(
+                f"the ticket carries no expiry: no expires_in or expiration, and {unreadable_jwt}"
+            )
         raise InvalidTicketError("the ticket carries no expiry (no expires_in, expiration or JWT)")
+    if unreadable_jwt is not None:
+        log.warning("token.jwt_unreadable", detail=str(unreadable_jwt))
 
     lifetime = min(candidates)
     if lifetime <= 0:
@@ -219,6 +228,13 @@ def _text(fields: Mapping[str, Any], name: str) -> str:
         raise InvalidTicketError(f"the ticket's {name} contains characters not allowed in a header")
 
     return value
+
+
+def _optional_text(fields: Mapping[str, Any], name: str) -> str | None:
+    if fields.get(name) in (None, ""):
+        return None
+
+    return _text(fields, name)
 
 
 def _seconds(value: Any, name: str) -> float | None:

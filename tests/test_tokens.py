@@ -214,6 +214,29 @@ def test_customer_ticket_rejects_bad_answers(body: object) -> None:
         parse_customer_ticket(body, receipt())
 
 
+def test_customer_ticket_unreadable_jwt_tolerated() -> None:
+    """An unreadable jwtAccessToken is tolerated when accessTokenExpiration gives the expiry."""
+    body = {
+        "accessToken": "a",
+        "refreshToken": "r",
+        "jwtAccessToken": "opaque-not-a-jwt",
+        "accessTokenExpiration": _iso(INSTANT + 90),
+    }
+
+    ticket = parse_customer_ticket(body, receipt(formatdate(INSTANT, usegmt=True)))
+
+    assert 88.0 <= ticket.lifetime <= 90.0
+
+
+def test_customer_ticket_without_refresh_token() -> None:
+    """A ticket without a refreshToken is usable; it just cannot be refreshed."""
+    body = {"accessToken": "a", "accessTokenExpiration": _iso(INSTANT + 90)}
+
+    ticket = parse_customer_ticket(body, receipt(formatdate(INSTANT, usegmt=True)))
+
+    assert ticket.refresh_token is None
+
+
 def test_jwt_reader_hides_token_in_error() -> None:
     """The error for an unreadable JWT does not quote any of it."""
     with pytest.raises(InvalidTicketError) as caught:
