@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ HOP_BY_HOP = frozenset(
 REQUEST_REPLACED = frozenset({"host", "authorization", "x-vol-user-claims", "expect"})
 REQUEST_DROPPED = HOP_BY_HOP | REQUEST_REPLACED
 
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
 CHUNK_SIZE = 64 * 1024
 MAX_401_BODY = 64 * 1024
 
@@ -387,10 +389,14 @@ def _escapes_base(path: str) -> bool:
     decoded = path
     for _ in range(3):
         # Decoding up to three times catches double and triple encoding (%252e%252e).
-        if any(segment in (".", "..") for segment in decoded.replace("\\", "/").split("/")):
+        if ("." in decoded or "\\" in decoded) and any(
+            segment in (".", "..") for segment in decoded.replace("\\", "/").split("/")
+        ):
             return True
-        if any(ord(character) < 0x20 or ord(character) == 0x7F for character in decoded):
+        if _CONTROL_CHARACTER.search(decoded):
             return True
+        if "%" not in decoded:
+            return False
         next_decoded = unquote(decoded)
         if next_decoded == decoded:
             return False
