@@ -37,7 +37,7 @@ def run_sidecar() -> int:
     """Load settings from the environment and serve until SIGTERM."""
     from .config import ConfigError, load_settings
     from .logs import configure_logging
-    from .service import serve
+    from .service import ListenError, serve
 
     try:
         settings = load_settings()
@@ -48,6 +48,9 @@ def run_sidecar() -> int:
     configure_logging(level=settings.log_level, fmt=settings.log_format)
     try:
         return asyncio.run(serve(settings))
+    except ListenError as error:
+        print(f"sidecar: cannot start: {error}", file=sys.stderr)
+        return 1
     except OSError as error:
         # Almost always a listener that cannot bind: port in use or address not local.
         print(f"sidecar: cannot start: {error.strerror or error}", file=sys.stderr)

@@ -100,7 +100,6 @@ class Settings:
     max_body_size: int = 2 * 1024**3
     max_header_size: int = 8190
     client_idle_timeout: float = 75.0
-    client_header_timeout: float = 10.0
     drain_delay: float = 0.0
     shutdown_grace: float = 20.0
     state_file: str | None = None
@@ -171,13 +170,35 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_body_size=env.integer("SIDECAR_MAX_BODY_BYTES", 2 * 1024**3, minimum=0),
         max_header_size=env.integer("SIDECAR_MAX_HEADER_BYTES", 8190, minimum=1024),
         client_idle_timeout=env.number("SIDECAR_CLIENT_IDLE_TIMEOUT_SECONDS", 75.0, minimum=1.0),
-        client_header_timeout=env.number(
-            "SIDECAR_CLIENT_HEADER_TIMEOUT_SECONDS", 10.0, minimum=0.1
-        ),
         drain_delay=env.number("SIDECAR_DRAIN_DELAY_SECONDS", 0.0, minimum=0.0),
         shutdown_grace=env.number("SIDECAR_SHUTDOWN_GRACE_SECONDS", 20.0, minimum=0.0),
-        state_file=env.text("SIDECAR_STATE_FILE"),
+        state_file=_state_file(env),
     )
+
+
+def _without_credentials(raw: str) -> str:
+    """Return `raw` with any user:password@ part masked, for error messages."""
+    scheme, separator, rest = raw.partition("://")
+    if not separator or "@" not in rest.split("/", 1)[0]:
+        return raw
+
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
+
+
+def _state_file(env: _Env) -> str | None:
+    path = env.text("SIDECAR_STATE_FILE")
+    if path is None:
+        return None
+
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ConfigError("SIDECAR_STATE_FILE", f"directory {directory!r} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError("SIDECAR_STATE_FILE", f"directory {directory!r} is not writable")
+    if os.path.isdir(path):
+        raise ConfigError("SIDECAR_STATE_FILE", f"{path!r} is a directory")
+
+    return path
 
 
 def _required(value: URL | None, variable: str) -> URL:
@@ -218,11 +239,15 @@ class _Env:
             # Secret files written by editors and `kubectl create secret --from-file`
             # often end with a newline that is not part of the secret.
             value = value.rstrip("\r\n")
+            if not value.strip():
+                raise ConfigError(f"{name}_FILE", f"{path!r} is empty")
 
         if not value:
             if required:
                 raise ConfigError(name, f"is missing; set {name} or {name}_FILE")
             return None
+        if not value.strip():
+            raise ConfigError(name, "is blank (only white space)")
 
         return Secret(value)
 
@@ -231,14 +256,15 @@ class _Env:
         if raw is None:
             return None
 
+        shown = _without_credentials(raw)
         try:
             url = URL(raw)
-        except ValueError as error:
-            raise ConfigError(name, f"{raw!r} is not a valid URL: {error}") from None
+        except ValueError:
+            raise ConfigError(name, f"{shown!r} is not a valid URL") from None
         if url.scheme not in ("http", "https") or not url.host:
-            raise ConfigError(name, f"{raw!r} is not an http(s) URL with a host")
+            raise ConfigError(name, f"{shown!r} is not an http(s) URL with a host")
         if url.query_string or url.fragment:
-            raise ConfigError(name, f"{raw!r} must not carry a query or fragment")
+            raise ConfigError(name, f"{shown!r} must not carry a query or fragment")
         if url.user or url.password:
             raise ConfigError(name, "must not carry credentials in the URL")
 

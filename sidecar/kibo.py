@@ -213,10 +213,15 @@ class CustomerTicketFetcher:
         self._app_token_wait = app_token_wait
         self._state = state
         self._refresh_token = refresh_token.reveal() if refresh_token is not None else None
+        # Tried once if the state file's token is rejected: the operator may have
+        # set a new token in the environment while an old state file stayed behind.
+        self._fallback_refresh_token: str | None = None
         if state is not None:
             saved = state.load()
             if saved is not None:
-                # The state file was written after the configured token was used, so it is newer.
+                # The state file is written after every rotation, so it is normally newer.
+                if saved != self._refresh_token:
+                    self._fallback_refresh_token = self._refresh_token
                 self._refresh_token = saved
                 log.info("ticket.state_loaded", ticket="customer")
 
@@ -225,14 +230,17 @@ class CustomerTicketFetcher:
 
     async def __call__(self) -> Token:
         app_token = await self._app_token()
-        if self._refresh_token is not None:
+        if self._refresh_token is None:
+            token = await self._login(app_token)
+        else:
             try:
-                token = await self._refresh(app_token)
+                token = await self._refresh_with_fallback(app_token)
             except RefreshTokenRejectedError as error:
                 if self._password is None or self._username is None:
                     raise TicketFailedError(
                         f"{error}; the refresh token was rejected and no password is configured, "
                         "so a new KIBO_CUSTOMER_REFRESH_TOKEN is needed"
+                        + (" (and the old SIDECAR_STATE_FILE removed)" if self._state else "")
                     ) from None
                 log.warning(
                     "ticket.refresh_token_rejected",
@@ -242,11 +250,26 @@ class CustomerTicketFetcher:
                 )
                 self._refresh_token = None
                 token = await self._login(await self._app_token())
-        else:
-            token = await self._login(app_token)
 
         self._remember(token)
         return token
+
+    async def _refresh_with_fallback(self, app_token: Token) -> Token:
+        try:
+            return await self._refresh(app_token)
+        except RefreshTokenRejectedError as error:
+            fallback = self._fallback_refresh_token
+            self._fallback_refresh_token = None
+            if fallback is None:
+                raise
+            log.warning(
+                "ticket.refresh_token_rejected",
+                ticket="customer",
+                error=str(error),
+                action="use KIBO_CUSTOMER_REFRESH_TOKEN instead of the state file's token",
+            )
+            self._refresh_token = fallback
+            return await self._refresh(await self._app_token())
 
     async def _refresh(self, app_token: Token) -> Token:
         assert self._refresh_token is not None
@@ -283,6 +306,7 @@ class CustomerTicketFetcher:
         return token
 
     def _remember(self, token: Token) -> None:
+        self._fallback_refresh_token = None
         if token.refresh_token is None or token.refresh_token == self._refresh_token:
             return
 

@@ -7,7 +7,9 @@ Filtering by level happens in the bound logger itself, so a disabled level
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import traceback
 from typing import Any, TextIO
 
 import structlog
@@ -44,9 +46,34 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(output),
         cache_logger_on_first_use=False,
     )
-    # aiohttp's own loggers: keep their warnings (bad requests, protocol errors) but
-    # not the access log, which would print every request's full target.
-    logging.basicConfig(
-        stream=output, level=logging.WARNING, format="%(name)s %(levelname)s %(message)s"
-    )
+    # Library loggers (aiohttp, asyncio) reach the same stream as structured events.
+    # The access log stays off: it would print every request's full target.
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _LibraryLogBridge):
+            root.removeHandler(handler)
+    root.addHandler(_LibraryLogBridge())
+    root.setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.CRITICAL)
+
+
+class _LibraryLogBridge(logging.Handler):
+    """Passes standard-library log records on as `library.log` events, stripped of data.
+
+    Only the message template is kept, never its arguments or a traceback: both
+    can quote request lines, headers or URLs, and so tokens. The exception type
+    and the line that raised it stay, for debugging.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields: dict[str, Any] = {
+            "logger": record.name,
+            "message": record.msg if isinstance(record.msg, str) else type(record.msg).__name__,
+        }
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            fields["error"] = type(error).__name__
+            frames = traceback.extract_tb(error.__traceback__)
+            if frames:
+                fields["where"] = f"{os.path.basename(frames[-1].filename)}:{frames[-1].lineno}"
+        structlog.get_logger("sidecar.library").log(record.levelno, "library.log", **fields)

@@ -15,15 +15,18 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from http import HTTPStatus
 from urllib.parse import unquote
 
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from .config import CustomerAuthMode
+from .errors import TicketError
 from .metrics import Metrics
 from .ticket import ManagedTicket
 from .token import Token
@@ -99,6 +102,7 @@ class Proxy:
         self._idle = asyncio.Event()
         self._idle.set()
         self._injected_cache: tuple[Token, Token | None, dict[str, str]] | None = None
+        self._failure_log = _RateLimitedLog(interval=1.0)
 
     async def drain(self, grace: float) -> int:
         """Wait up to `grace` seconds for in-flight requests, then cancel the rest.
@@ -288,16 +292,25 @@ class Proxy:
     def _upstream_failure(self, method: str, error: Exception) -> RequestRejected:
         if isinstance(error, RequestRejected):
             return error
-        if isinstance(error, TimeoutError):
-            self._metrics.upstream_errors.labels(kind="timeout").inc()
-            return RequestRejected(504, "upstream_timeout", "the upstream did not respond in time")
-        if isinstance(error, aiohttp.ClientConnectorError):
-            self._metrics.upstream_errors.labels(kind="connect").inc()
-            return RequestRejected(502, "upstream_unreachable", "the upstream cannot be reached")
 
-        self._metrics.upstream_errors.labels(kind="protocol").inc()
-        log.warning("proxy.upstream_failed", method=method, error=type(error).__name__)
-        return RequestRejected(502, "upstream_failed", "the upstream connection failed")
+        if isinstance(error, TimeoutError):
+            kind = "timeout"
+            rejection = RequestRejected(
+                504, "upstream_timeout", "the upstream did not respond in time"
+            )
+        elif isinstance(error, aiohttp.ClientConnectorError):
+            kind = "connect"
+            rejection = RequestRejected(
+                502, "upstream_unreachable", "the upstream cannot be reached"
+            )
+        else:
+            kind = "protocol"
+            rejection = RequestRejected(502, "upstream_failed", "the upstream connection failed")
+        self._metrics.upstream_errors.labels(kind=kind).inc()
+        self._failure_log.warning(
+            "proxy.upstream_failed", kind, method=method, kind=kind, error=type(error).__name__
+        )
+        return rejection
 
     async def _replay(
         self,
@@ -318,7 +331,8 @@ class Proxy:
             if self._customer_ticket is not None:
                 fresh_customer = await self._customer_ticket.refresh(customer)
         except Exception as error:
-            log.warning("proxy.replay_refresh_failed", error=str(error))
+            detail = str(error) if isinstance(error, TicketError) else type(error).__name__
+            log.warning("proxy.replay_refresh_failed", error=detail)
             return None
 
         self._metrics.proxy_replays.inc()
@@ -341,7 +355,9 @@ class Proxy:
             # The status line is gone already; cutting the connection is the only
             # way left to tell the client that the body is incomplete.
             self._metrics.upstream_errors.labels(kind="body").inc()
-            log.warning("proxy.upstream_body_failed", error=type(error).__name__)
+            self._failure_log.warning(
+                "proxy.upstream_failed", "body", kind="body", error=type(error).__name__
+            )
             if request.transport is not None:
                 request.transport.abort()
             return response
@@ -471,3 +487,68 @@ def _error_response(rejection: RequestRejected) -> web.Response:
         status=rejection.status,
         headers=headers,
     )
+
+
+class _RateLimitedLog:
+    """Logs at most one warning per key and interval, counting the ones it drops.
+
+    A down upstream fails every request; one line a second with a count says
+    as much as thousands of identical lines.
+    """
+
+    def __init__(self, *, interval: float) -> None:
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, event: str, key: str, **fields: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+
+        self._last[key] = now
+        log.warning(event, suppressed=self._suppressed.pop(key, 0), **fields)
+
+
+class ProxyServer(web.Server):
+    """The low-level aiohttp server, with requests it cannot parse answered in JSON.
+
+    aiohttp's default error page is plain text and its log record carries a
+    traceback that quotes the start of the offending header or request line,
+    which can be a token. Here the log line names only the status and the
+    error type.
+    """
+
+    def __call__(self) -> RequestHandler:
+        # Mirrors web.Server.__call__, which offers no other way to pick the handler class.
+        return _JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _JsonErrorRequestHandler(RequestHandler):
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        log.warning(
+            "proxy.bad_request",
+            status=status,
+            error=type(exc).__name__ if exc is not None else None,
+        )
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response has started, so no error response can be sent")
+
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Error"
+        response = web.json_response(
+            {"error": "bad_request" if status < 500 else "internal_error", "message": reason},
+            status=status,
+        )
+        response.force_close()
+        return response

@@ -23,7 +23,7 @@ from .admin import make_admin_app
 from .config import Listen, Settings
 from .kibo import AppTicketFetcher, CustomerTicketFetcher, KiboAuthClient
 from .metrics import Metrics
-from .proxy import Proxy, ProxyOptions
+from .proxy import Proxy, ProxyOptions, ProxyServer
 from .state import StateFile
 from .ticket import Clock, ManagedTicket, RefreshPolicy, SystemClock
 
@@ -118,9 +118,6 @@ class Sidecar:
             )
             self.tickets.append(customer_ticket)
 
-        for ticket in self.tickets:
-            self._tasks.append(asyncio.create_task(ticket.run(), name=f"ticket-{ticket.name}"))
-
         self._proxy = proxy = Proxy(
             upstream=settings.api_url,
             session=upstream_session,
@@ -135,7 +132,7 @@ class Sidecar:
                 log_requests=settings.log_level == "debug",
             ),
         )
-        server = web.Server(
+        server = ProxyServer(
             proxy.handle,
             handler_cancellation=True,
             access_log=None,
@@ -148,7 +145,7 @@ class Sidecar:
         self._proxy_runner = web.ServerRunner(server, shutdown_timeout=1.0)
         await self._proxy_runner.setup()
         self._runners.append(self._proxy_runner)
-        self.proxy_port = await _bind(self._proxy_runner, settings.listen)
+        self.proxy_port = await _bind(self._proxy_runner, settings.listen, "SIDECAR_LISTEN")
 
         admin_app = make_admin_app(
             metrics=self.metrics, tickets=self.tickets, draining=lambda: self.draining
@@ -156,7 +153,11 @@ class Sidecar:
         admin_runner = web.AppRunner(admin_app, access_log=None, shutdown_timeout=1.0)
         await admin_runner.setup()
         self._runners.append(admin_runner)
-        self.admin_port = await _bind(admin_runner, settings.admin_listen)
+        self.admin_port = await _bind(admin_runner, settings.admin_listen, "SIDECAR_ADMIN_LISTEN")
+
+        # Tickets start last, so a listener that cannot bind costs no call to Kibo.
+        for ticket in self.tickets:
+            self._tasks.append(asyncio.create_task(ticket.run(), name=f"ticket-{ticket.name}"))
 
         if settings.listen.host not in LOOPBACK_HOSTS:
             log.warning(
@@ -166,8 +167,8 @@ class Sidecar:
             )
         log.info(
             "sidecar.started",
-            proxy=f"{settings.listen.host}:{self.proxy_port}",
-            admin=f"{settings.admin_listen.host}:{self.admin_port}",
+            proxy=str(Listen(host=settings.listen.host, port=self.proxy_port)),
+            admin=str(Listen(host=settings.admin_listen.host, port=self.admin_port)),
             upstream=str(settings.api_url),
             customer=settings.customer is not None,
         )
@@ -212,9 +213,21 @@ class Sidecar:
             await session.close()
 
 
-async def _bind(runner: web.BaseRunner, listen: Listen) -> int:
+class ListenError(Exception):
+    """A listener could not bind; names the variable that set its address."""
+
+    def __init__(self, variable: str, listen: Listen, reason: str) -> None:
+        super().__init__(f"{variable}: cannot listen on {listen}: {reason}")
+        self.variable = variable
+
+
+async def _bind(runner: web.BaseRunner, listen: Listen, variable: str) -> int:
     site = web.TCPSite(runner, listen.host, listen.port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as error:
+        raise ListenError(variable, listen, error.strerror or str(error)) from None
+
     return int(runner.addresses[-1][1])
 
 

@@ -75,6 +75,13 @@ def test_settings_repr_masks_secrets() -> None:
         ),
         ({"SIDECAR_UPSTREAM_POOL_SIZE": "0"}, "SIDECAR_UPSTREAM_POOL_SIZE", "at least 1"),
         ({"KIBO_ACCOUNT_ID": "abc"}, "KIBO_ACCOUNT_ID", "whole number"),
+        ({"KIBO_CLIENT_SECRET": "   "}, "KIBO_CLIENT_SECRET", "blank"),
+        (
+            {"SIDECAR_STATE_FILE": "/nonexistent-dir/state.json"},
+            "SIDECAR_STATE_FILE",
+            "does not exist",
+        ),
+        ({"SIDECAR_STATE_FILE": "/"}, "SIDECAR_STATE_FILE", "is a directory"),
         ({"KIBO_CUSTOMER_USERNAME": "only-user"}, "KIBO_CUSTOMER_PASSWORD", "missing"),
         ({"SIDECAR_CUSTOMER_AUTH_MODE": "cookie"}, "SIDECAR_CUSTOMER_AUTH_MODE", "expected one of"),
         (
@@ -93,6 +100,26 @@ def test_invalid_value_names_variable(
 
     assert caught.value.variable.startswith(variable)
     assert fragment in str(caught.value)
+
+
+def test_url_error_hides_credentials() -> None:
+    """A URL with user:password@ is quoted in errors with the credentials masked."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**BASE, "KIBO_API_URL": "http://user:pa55word@127.0.0.1:99999"})
+
+    assert "pa55word" not in str(caught.value)
+    assert "***@" in str(caught.value)
+
+
+def test_empty_secret_file_named(tmp_path) -> None:
+    """A *_FILE holding only a newline is reported as empty, under the *_FILE variable."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("\n")
+
+    with pytest.raises(ConfigError, match=r"KIBO_CLIENT_SECRET_FILE: .* is empty"):
+        load_settings(
+            {**BASE, "KIBO_CLIENT_SECRET": "", "KIBO_CLIENT_SECRET_FILE": str(secret_file)}
+        )
 
 
 def test_unreadable_secret_file_named(tmp_path) -> None:
@@ -143,4 +170,25 @@ def test_port_in_use_exits_with_one_line() -> None:
 
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "cannot start" in result.stderr.strip().splitlines()[-1]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "cannot start" in last
+    assert "SIDECAR_ADMIN_LISTEN" in last
+
+
+def test_foreign_listen_address_named() -> None:
+    """An address this host does not own exits 1 naming SIDECAR_LISTEN, before any Kibo call."""
+    env = {
+        **BASE,
+        "KIBO_API_URL": "http://127.0.0.1:9",
+        "KIBO_AUTH_URL": "http://127.0.0.1:9",
+        # 192.0.2.0/24 is reserved for documentation, so no interface here has it.
+        "SIDECAR_LISTEN": "192.0.2.1:0",
+        "SIDECAR_ADMIN_LISTEN": "127.0.0.1:0",
+    }
+
+    result = run_sidecar_process(env)
+
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("sidecar: cannot start: SIDECAR_LISTEN: cannot listen on")
+    assert "ticket." not in result.stderr

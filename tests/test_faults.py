@@ -290,6 +290,24 @@ async def test_state_file_resumes_after_restart(
     assert not list(tmp_path.glob(".sidecar-state-*")), "temporary files left behind"
 
 
+async def test_stale_state_file_falls_back_to_env(
+    stand_in_factory, sidecar_factory, tmp_path, log_stream
+) -> None:
+    """A state file left from an old session does not block a new KIBO_CUSTOMER_REFRESH_TOKEN."""
+    _stand_in, url = await stand_in_factory()
+    state_file = tmp_path / "state.json"
+    state_file.write_text(json.dumps({"version": 1, "customer_refresh_token": "long-dead-token"}))
+    fresh = await customer_refresh_token(url)
+
+    sidecar = await sidecar_factory(
+        url, KIBO_CUSTOMER_REFRESH_TOKEN=fresh, SIDECAR_STATE_FILE=str(state_file)
+    )
+
+    await wait_for(lambda: all_valid(sidecar), what="tokens from the environment's refresh token")
+    assert "long-dead-token" not in state_file.read_text()
+    assert "long-dead-token" not in log_stream.getvalue()
+
+
 async def test_restart_without_state_file_needs_new_token(
     stand_in_factory, sidecar_factory
 ) -> None:
@@ -382,7 +400,9 @@ async def test_large_body_401_passed_on(
     assert recording_upstream.requests[0].body_size == 4096
 
 
-async def test_upstream_unreachable_502(stand_in_factory, sidecar_factory, client) -> None:
+async def test_upstream_unreachable_502(
+    stand_in_factory, sidecar_factory, client, log_stream
+) -> None:
     """A refused upstream connection gives a quick 502 with a JSON body; the sidecar stays ready."""
     _stand_in, url = await stand_in_factory()
     sidecar = await sidecar_factory(url, upstream_url="http://127.0.0.1:9")
@@ -394,6 +414,13 @@ async def test_upstream_unreachable_502(stand_in_factory, sidecar_factory, clien
     assert status == 502
     assert body["error"] == "upstream_unreachable"
     assert time.monotonic() - started < 2.0
+    for _ in range(5):
+        await get_json(client, f"http://127.0.0.1:{sidecar.proxy_port}/api/x")
+    events = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    failed = [event for event in events if event["event"] == "proxy.upstream_failed"]
+    # Six failures within a second give one line; the rest are counted, not printed.
+    assert len(failed) == 1
+    assert failed[0]["kind"] == "connect"
     status, _, _ = await get_json(client, f"http://127.0.0.1:{sidecar.admin_port}/readyz")
     assert status == 200
 
@@ -520,7 +547,7 @@ async def test_chunked_body_over_limit_cut(
 
 
 async def test_oversized_header_rejected(
-    stand_in_factory, sidecar_factory, recording_upstream, client
+    stand_in_factory, sidecar_factory, recording_upstream, client, log_stream
 ) -> None:
     """A header over SIDECAR_MAX_HEADER_BYTES is rejected with a 4xx before forwarding."""
     _stand_in, url = await stand_in_factory()
@@ -530,10 +557,16 @@ async def test_oversized_header_rejected(
     await wait_for(lambda: all_valid(sidecar), what="first tokens")
 
     async with client.get(
-        f"http://127.0.0.1:{sidecar.proxy_port}/api/x", headers={"X-Big": "z" * 4096}
+        f"http://127.0.0.1:{sidecar.proxy_port}/api/x",
+        headers={"Authorization": "Bearer eyJsecret" + "z" * 4096},
     ) as response:
+        body = await response.json()
         assert 400 <= response.status < 500
+    assert body["error"] == "bad_request"
     assert recording_upstream.requests == []
+    output = log_stream.getvalue()
+    assert "proxy.bad_request" in output
+    assert "eyJsecret" not in output
 
 
 async def test_slow_client_connection_closed(stand_in_factory, sidecar_factory) -> None:
