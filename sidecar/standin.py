@@ -786,7 +786,17 @@ def main(argv: list[str]) -> int:
             single_use_refresh_tokens=not args.reusable_refresh_tokens,
         )
     except ValueError as exc:
-        parser.error(str(exc))
+        # StandInConfig names its fields; the command line user knows the flags.
+        message = str(exc)
+        for field_name in (
+            "app_lifetime",
+            "customer_lifetime",
+            "refresh_token_lifetime",
+            "clock_offset",
+            "date_style",
+        ):
+            message = message.replace(field_name, "--" + field_name.replace("_", "-"))
+        parser.error(message)
 
     configure_logging(level=args.log_level, fmt="console")
     return asyncio.run(_serve_until_signal(StandIn(config), host, port))
