@@ -367,23 +367,20 @@ class Proxy:
 
 
 def _forward_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    connection_named = _connection_tokens(incoming)
-    outgoing: CIMultiDict[str] = CIMultiDict()
-    for name, value in incoming.items():
-        lowered = name.lower()
-        if lowered in REQUEST_DROPPED or lowered in connection_named:
-            continue
-        outgoing.add(name, value)
-
-    return outgoing
+    return _without(incoming, REQUEST_DROPPED)
 
 
 def _response_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    return _without(incoming, HOP_BY_HOP)
+
+
+def _without(incoming: CIMultiDictProxy[str], dropped: frozenset[str]) -> CIMultiDict[str]:
+    """Copy `incoming` without the `dropped` names and those its Connection header names."""
     connection_named = _connection_tokens(incoming)
     outgoing: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         lowered = name.lower()
-        if lowered in HOP_BY_HOP or lowered in connection_named:
+        if lowered in dropped or lowered in connection_named:
             continue
         outgoing.add(name, value)
 

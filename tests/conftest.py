@@ -275,3 +275,23 @@ def run_sidecar_process(
         timeout=timeout,
         check=False,
     )
+
+
+async def customer_refresh_token(url: str) -> str:
+    """Log the demo shopper in directly, as an operator would, and return the refresh token."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            url + "/api/platform/applications/authtickets/oauth",
+            json={
+                "client_id": "demo-client",
+                "client_secret": "demo-secret",
+                "grant_type": "client_credentials",
+            },
+        ) as response:
+            app_token = (await response.json())["access_token"]
+        async with session.post(
+            url + "/api/commerce/customer/authtickets",
+            json={"username": "shopper@example.test", "password": "demo-password"},
+            headers={"Authorization": f"Bearer {app_token}"},
+        ) as response:
+            return str((await response.json())["refreshToken"])

@@ -20,7 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar.proxy import HOP_BY_HOP, _escapes_base, _forward_headers, _response_headers
 from sidecar.standin import CUSTOMER_REFRESH_CALL, OAUTH_CALL
-from tests.conftest import CUSTOMER_ENV, REPO, wait_for
+from tests.conftest import CUSTOMER_ENV, REPO, customer_refresh_token, wait_for
 from tests.test_refresh import hammer
 
 CART = "/api/commerce/carts/current"
@@ -200,26 +200,6 @@ async def test_zero_lifetime_ticket_rejected(stand_in_factory, sidecar_factory) 
 
 
 # Refresh tokens
-
-
-async def customer_refresh_token(url: str) -> str:
-    """Log the demo shopper in directly, as an operator would, and return the refresh token."""
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            url + "/api/platform/applications/authtickets/oauth",
-            json={
-                "client_id": "demo-client",
-                "client_secret": "demo-secret",
-                "grant_type": "client_credentials",
-            },
-        ) as response:
-            app_token = (await response.json())["access_token"]
-        async with session.post(
-            url + "/api/commerce/customer/authtickets",
-            json={"username": "shopper@example.test", "password": "demo-password"},
-            headers={"Authorization": f"Bearer {app_token}"},
-        ) as response:
-            return str((await response.json())["refreshToken"])
 
 
 async def test_rejected_refresh_token_logs_in(stand_in_factory, sidecar_factory) -> None:

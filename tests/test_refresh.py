@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from sidecar.standin import CUSTOMER_REFRESH_CALL, OAUTH_CALL
-from tests.conftest import CUSTOMER_ENV, wait_for
+from tests.conftest import CUSTOMER_ENV, customer_refresh_token, wait_for
 
 CART = "/api/commerce/carts/current"
 
@@ -145,23 +145,7 @@ async def test_refresh_token_start_without_password(
 ) -> None:
     """Starting from a customer refresh token alone works and follows its rotation."""
     stand_in, url = await stand_in_factory(customer_lifetime=1.5)
-    # Obtain a first refresh token the way an operator would, through a login.
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            url + "/api/platform/applications/authtickets/oauth",
-            json={
-                "client_id": "demo-client",
-                "client_secret": "demo-secret",
-                "grant_type": "client_credentials",
-            },
-        ) as response:
-            app_token = (await response.json())["access_token"]
-        async with session.post(
-            url + "/api/commerce/customer/authtickets",
-            json={"username": "shopper@example.test", "password": "demo-password"},
-            headers={"Authorization": f"Bearer {app_token}"},
-        ) as response:
-            refresh_token = (await response.json())["refreshToken"]
+    refresh_token = await customer_refresh_token(url)
 
     sidecar = await sidecar_factory(url, KIBO_CUSTOMER_REFRESH_TOKEN=refresh_token)
     proxy = f"http://127.0.0.1:{sidecar.proxy_port}"
