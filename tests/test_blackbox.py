@@ -2,7 +2,7 @@
 
 The fake differs from the bundled stand-in on purpose: both hosts sit under a
 path prefix, the server clock runs 40 minutes behind, the application JWT has
-no `iat` and the answer no `expires_in`, the customer ticket has no JWT and an
+no `iat` and the response no `expires_in`, the customer ticket has no JWT and an
 offset date, and refresh tokens are single-use. Only the documented contract
 (variables, endpoints, metric names) is used.
 """

@@ -577,7 +577,7 @@ async def test_exposed_listener_warns(stand_in_factory, sidecar_factory, log_str
 
 
 async def test_full_run_output_has_no_secrets(stand_in_factory) -> None:
-    """All output of a `python -m sidecar` run with failures and rotations holds no secret."""
+    """All output of a `python -m sidecar` run with failures and rotations contains no secret."""
     stand_in, url = await stand_in_factory(app_lifetime=3.0, customer_lifetime=1.5)
     stand_in.faults.fail_next(2, 503, retry_after="0")
     stand_in.faults.garbage_next(1)
