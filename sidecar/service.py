@@ -30,6 +30,7 @@ from .ticket import Clock, ManagedTicket, RefreshPolicy, SystemClock
 log = structlog.get_logger("sidecar.service")
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+FETCH_FINISH_SECONDS = 2.0
 
 
 class Sidecar:
@@ -128,6 +129,7 @@ class Sidecar:
                 customer_auth_mode=settings.customer_auth_mode,
                 token_wait=settings.token_wait,
                 replay_body_limit=settings.replay_body_limit,
+                replay_min_token_age=settings.replay_min_token_age,
                 max_body_size=settings.max_body_size,
                 log_requests=settings.log_level == "debug",
             ),
@@ -206,6 +208,9 @@ class Sidecar:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # A fetch in flight may be rotating the customer refresh token; its result
+        # must reach the state file. The wait is short because SIGKILL is not far.
+        await asyncio.gather(*(ticket.wait_idle(FETCH_FINISH_SECONDS) for ticket in self.tickets))
         for runner in self._runners:
             if runner is not self._proxy_runner:
                 await runner.cleanup()

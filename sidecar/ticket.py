@@ -2,8 +2,9 @@
 
 `ManagedTicket` owns one token, refreshes it in the background ahead of its
 expiry, and hands out the current token without waiting while it is valid.
-Every refresh goes through one lock and re-checks whether another caller
-already replaced the token, so a crowd of callers causes a single fetch.
+Every refresh first checks whether another caller already replaced the token,
+then joins the fetch in flight if there is one, so a crowd of callers causes a
+single fetch.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import structlog
 
 from .errors import TicketError
 from .metrics import Metrics
-from .schedule import backoff_delay, refresh_delay
+from .schedule import MAX_RETRY_AFTER_SECONDS, backoff_delay, refresh_delay
 from .token import Token
 
 log = structlog.get_logger("sidecar.ticket")
@@ -89,7 +90,7 @@ class ManagedTicket:
         self._rng = rng if rng is not None else random.Random()
         self._token: Token | None = None
         self._draw = 0.0
-        self._lock = asyncio.Lock()
+        self._in_flight: asyncio.Task[Token] | None = None
         self._changed = asyncio.Event()
         self._valid = asyncio.Event()
         self.failure: str | None = None
@@ -148,51 +149,92 @@ class ManagedTicket:
     async def refresh(self, stale: Token | None) -> Token:
         """Replace `stale` with a new token, unless another caller already did.
 
-        Raises TicketError when the fetch fails; the current token stays in use.
+        Callers that arrive while a fetch is running share it. The fetch runs in
+        its own task, so a caller that is cancelled (a client that disconnects,
+        a shutdown) does not cancel it: a rotated refresh token is never dropped
+        half-way. Raises TicketError when the fetch fails; the current token
+        stays in use.
         """
-        async with self._lock:
-            current = self._token
-            if current is not stale and self.valid_token() is not None:
-                assert current is not None
-                return current
+        current = self._token
+        if current is not stale and self.valid_token() is not None:
+            assert current is not None
+            return current
 
-            started = self._clock.monotonic()
-            try:
-                token = await self._fetch()
-            except TicketError as error:
-                self._metrics.token_refreshes.labels(ticket=self.name, outcome="failure").inc()
-                if not error.retryable:
-                    self.failure = str(error)
-                raise
-            except Exception as error:
-                # A bug must not end the refresh loop for good. Only the type is kept:
-                # the message of an unknown error could quote a token or a URL query.
-                self._metrics.token_refreshes.labels(ticket=self.name, outcome="failure").inc()
-                frame = traceback.extract_tb(error.__traceback__)[-1]
-                log.error(
-                    "ticket.fetch_crashed",
-                    ticket=self.name,
-                    error=type(error).__name__,
-                    where=f"{os.path.basename(frame.filename)}:{frame.lineno}",
-                )
-                raise TicketError(f"unexpected {type(error).__name__} while fetching") from None
+        fetch = self._in_flight
+        if fetch is None:
+            fetch = asyncio.create_task(self._fetch_and_store(current), name=f"fetch-{self.name}")
+            fetch.add_done_callback(self._fetch_done)
+            self._in_flight = fetch
 
-            self._store(token)
-            self._metrics.token_refreshes.labels(ticket=self.name, outcome="success").inc()
-            finished = self._clock.monotonic()
-            fields = {
-                "ticket": self.name,
-                "expires_in_s": round(token.lifetime, 3),
-                "next_refresh_in_s": round(self._next_refresh_delay(), 3),
-                "duration_s": round(finished - started, 3),
-            }
-            if current is None:
-                log.info("ticket.fetched", **fields)
-            else:
-                # How much life the replaced token still had: positive means refreshed ahead.
-                left = current.expires_at - finished
-                log.info("ticket.refreshed", previous_expires_in_s=round(left, 3), **fields)
-            return token
+        return await asyncio.shield(fetch)
+
+    async def refresh_rejected(self, rejected: Token, *, min_age: float) -> Token | None:
+        """Return a token to replay with after the upstream rejected `rejected`, or None.
+
+        A newer token is returned as it is. The rejected token is replaced only if
+        it is at least `min_age` seconds old: a brand-new token that is rejected
+        points at a permission problem, and refreshing for every such request
+        would make each one cost a call to Kibo.
+        """
+        current = self._token
+        if current is not rejected:
+            return self.valid_token()
+        if self._clock.monotonic() - rejected.obtained_at < min_age:
+            return None
+
+        return await self.refresh(rejected)
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for a running fetch to finish, so its result is kept."""
+        fetch = self._in_flight
+        if fetch is not None:
+            await asyncio.wait([fetch], timeout=timeout)
+
+    def _fetch_done(self, fetch: asyncio.Task[Token]) -> None:
+        if self._in_flight is fetch:
+            self._in_flight = None
+        if not fetch.cancelled():
+            # Retrieved here so that a failure nobody awaited is not reported as lost.
+            fetch.exception()
+
+    async def _fetch_and_store(self, current: Token | None) -> Token:
+        started = self._clock.monotonic()
+        try:
+            token = await self._fetch()
+        except TicketError as error:
+            self._metrics.token_refreshes.labels(ticket=self.name, outcome="failure").inc()
+            if not error.retryable:
+                self.failure = str(error)
+            raise
+        except Exception as error:
+            # A bug must not end the refresh loop for good. Only the type is kept:
+            # the message of an unknown error could quote a token or a URL query.
+            self._metrics.token_refreshes.labels(ticket=self.name, outcome="failure").inc()
+            frame = traceback.extract_tb(error.__traceback__)[-1]
+            log.error(
+                "ticket.fetch_crashed",
+                ticket=self.name,
+                error=type(error).__name__,
+                where=f"{os.path.basename(frame.filename)}:{frame.lineno}",
+            )
+            raise TicketError(f"unexpected {type(error).__name__} while fetching") from None
+
+        self._store(token)
+        self._metrics.token_refreshes.labels(ticket=self.name, outcome="success").inc()
+        finished = self._clock.monotonic()
+        fields = {
+            "ticket": self.name,
+            "expires_in_s": round(token.lifetime, 3),
+            "next_refresh_in_s": round(self._next_refresh_delay(), 3),
+            "duration_s": round(finished - started, 3),
+        }
+        if current is None:
+            log.info("ticket.fetched", **fields)
+        else:
+            # How much life the replaced token still had: positive means refreshed ahead.
+            left = current.expires_at - finished
+            log.info("ticket.refreshed", previous_expires_in_s=round(left, 3), **fields)
+        return token
 
     async def run(self) -> None:
         """Keep the token fresh until cancelled or until the ticket fails for good."""
@@ -272,7 +314,8 @@ class ManagedTicket:
         token = self.valid_token()
         if token is not None:
             half_left = (token.expires_at - self._clock.monotonic()) / 2
-            delay = min(delay, max(half_left, policy.retry_initial / 2, error.retry_after or 0.0))
+            retry_after = min(error.retry_after or 0.0, MAX_RETRY_AFTER_SECONDS)
+            delay = min(delay, max(half_left, policy.retry_initial / 2, retry_after))
 
         return delay
 

@@ -76,3 +76,51 @@ async def test_concurrent_refresh_single_fetch() -> None:
     assert fetches == 2
     assert len({id(token) for token in results}) == 1
     assert results[0] is not first
+
+
+async def test_cancelled_caller_keeps_fetch() -> None:
+    """A caller cancelled mid-refresh does not cancel the fetch; its token is stored."""
+    release = asyncio.Event()
+    finished = False
+
+    async def fetch() -> Token:
+        nonlocal finished
+        await release.wait()
+        finished = True
+        return make_token(60.0)
+
+    ticket = ManagedTicket("customer", fetch, policy=RefreshPolicy(), metrics=Metrics())
+    caller = asyncio.create_task(ticket.refresh(None))
+    await asyncio.sleep(0)
+    caller.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await caller
+
+    release.set()
+    await ticket.wait_idle(5.0)
+
+    assert finished
+    assert ticket.valid_token() is not None
+
+
+async def test_young_rejected_token_not_refreshed() -> None:
+    """A token rejected within min_age of its fetch is not refreshed; an older one is."""
+    fetches = 0
+
+    async def fetch() -> Token:
+        nonlocal fetches
+        fetches += 1
+        return make_token(60.0)
+
+    ticket = ManagedTicket("app", fetch, policy=RefreshPolicy(), metrics=Metrics())
+    first = await ticket.refresh(None)
+
+    assert await ticket.refresh_rejected(first, min_age=30.0) is None
+    assert fetches == 1
+    replacement = await ticket.refresh_rejected(first, min_age=0.0)
+    assert replacement is not None
+    assert replacement is not first
+    assert fetches == 2
+    # A request that used the old token gets the newer one without another fetch.
+    assert await ticket.refresh_rejected(first, min_age=0.0) is replacement
+    assert fetches == 2
