@@ -16,6 +16,8 @@ from typing import Any, Literal
 from yarl import URL
 
 DEFAULT_AUTH_URL = "https://home.mozu.com"
+# aiohttp refuses to buffer a request body above 1 MiB (its client_max_size).
+MAX_REPLAY_BODY_LIMIT = 1024 * 1024
 
 CustomerAuthMode = Literal["user-claims", "jwt-bearer"]
 
@@ -97,6 +99,7 @@ class Settings:
     upstream_read_timeout: float = 60.0
     upstream_pool_size: int = 100
     replay_body_limit: int = 64 * 1024
+    replay_min_token_age: float = 5.0
     max_body_size: int = 2 * 1024**3
     max_header_size: int = 8190
     client_idle_timeout: float = 75.0
@@ -166,7 +169,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "SIDECAR_UPSTREAM_READ_TIMEOUT_SECONDS", 60.0, minimum=0.1
         ),
         upstream_pool_size=env.integer("SIDECAR_UPSTREAM_POOL_SIZE", 100, minimum=1),
-        replay_body_limit=env.integer("SIDECAR_REPLAY_BODY_LIMIT_BYTES", 65536, minimum=0),
+        replay_body_limit=env.integer(
+            "SIDECAR_REPLAY_BODY_LIMIT_BYTES", 65536, minimum=0, maximum=MAX_REPLAY_BODY_LIMIT
+        ),
+        replay_min_token_age=env.number("SIDECAR_REPLAY_MIN_TOKEN_AGE_SECONDS", 5.0, minimum=0.0),
         max_body_size=env.integer("SIDECAR_MAX_BODY_BYTES", 2 * 1024**3, minimum=0),
         max_header_size=env.integer("SIDECAR_MAX_HEADER_BYTES", 8190, minimum=1024),
         client_idle_timeout=env.number("SIDECAR_CLIENT_IDLE_TIMEOUT_SECONDS", 75.0, minimum=1.0),
@@ -308,9 +314,14 @@ class _Env:
 
         return value
 
-    def integer(self, name: str, default: int, *, minimum: int) -> int:
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
         value = self.optional_integer(name, minimum=minimum)
-        return default if value is None else value
+        if value is None:
+            return default
+        if maximum is not None and value > maximum:
+            raise ConfigError(name, f"{value} is out of range; it must be at most {maximum}")
+
+        return value
 
     def optional_integer(self, name: str, *, minimum: int) -> int | None:
         raw = self.text(name)

@@ -9,17 +9,31 @@ from __future__ import annotations
 
 
 class TicketError(Exception):
-    """Getting a ticket failed; `retry_after` is the server's requested wait, if it sent one."""
+    """Getting a ticket failed.
+
+    `retry_after` is the server's requested wait and `code` Kibo's short error
+    code (such as `invalid_token`), when the response had them.
+    """
 
     retryable = True
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.code = code
 
 
 class InvalidTicketError(TicketError):
-    """The server responded, but not with a usable ticket (bad JSON, missing fields, no expiry)."""
+    """The server responded, but not with a usable ticket (bad JSON, missing fields, no expiry).
+
+    `refresh_token` carries a rotated refresh token found in the unusable
+    ticket: the old one is spent by then, so it must not be lost. It is never
+    part of the message.
+    """
+
+    refresh_token: str | None = None
 
 
 class CredentialsRejectedError(TicketError):

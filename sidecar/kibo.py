@@ -148,19 +148,22 @@ class KiboAuthClient:
                     body, Receipt(monotonic=sent_monotonic, wall=sent_wall, date_header=date_header)
                 )
             except InvalidTicketError as error:
-                raise InvalidTicketError(
-                    f"{endpoint} returned an unusable ticket: {error}"
-                ) from None
+                unusable = InvalidTicketError(f"{endpoint} returned an unusable ticket: {error}")
+                rotated = body.get("refreshToken") if isinstance(body, Mapping) else None
+                if isinstance(rotated, str) and rotated:
+                    unusable.refresh_token = rotated
+                raise unusable from None
 
         server_now = parse_http_date(date_header) if date_header else None
         retry_after = parse_retry_after(
             retry_after_header, server_now=server_now, local_now=self._clock.wall()
         )
-        detail = f"{endpoint} returned HTTP {status}{_error_code(raw)}"
+        code = _error_code(raw)
+        detail = f"{endpoint} returned HTTP {status}" + (f" ({code})" if code else "")
         if status in (400, 401, 403):
-            raise rejected(detail, retry_after=retry_after)
+            raise rejected(detail, retry_after=retry_after, code=code)
 
-        raise TicketError(detail, retry_after=retry_after)
+        raise TicketError(detail, retry_after=retry_after, code=code)
 
 
 class AppTicketFetcher:
@@ -229,6 +232,18 @@ class CustomerTicketFetcher:
         return f"CustomerTicketFetcher(has_refresh_token={self._refresh_token is not None})"
 
     async def __call__(self) -> Token:
+        try:
+            token = await self._fetch()
+        except InvalidTicketError as error:
+            if error.refresh_token is not None:
+                # The old refresh token is spent; the next attempt must use this one.
+                self._remember_refresh_token(error.refresh_token)
+            raise
+
+        self._remember_refresh_token(token.refresh_token)
+        return token
+
+    async def _fetch(self) -> Token:
         app_token = await self._app_token()
         if self._refresh_token is None:
             token = await self._login(app_token)
@@ -251,7 +266,6 @@ class CustomerTicketFetcher:
                 self._refresh_token = None
                 token = await self._login(await self._app_token())
 
-        self._remember(token)
         return token
 
     async def _refresh_with_fallback(self, app_token: Token) -> Token:
@@ -292,9 +306,21 @@ class CustomerTicketFetcher:
                 "KIBO_CUSTOMER_REFRESH_TOKEN, or KIBO_CUSTOMER_USERNAME and KIBO_CUSTOMER_PASSWORD"
             )
 
-        return await self._client.customer_login(
-            self._api_url, app_token, self._username, self._password, self._account_id
-        )
+        try:
+            return await self._client.customer_login(
+                self._api_url, app_token, self._username, self._password, self._account_id
+            )
+        except CredentialsRejectedError as error:
+            if error.code == "invalid_token":
+                # The application bearer was rejected, not the shopper: retry later
+                # with a new one.
+                await self._app_ticket.refresh_rejected(app_token, min_age=0.0)
+                raise TicketError(str(error)) from None
+            # Repeating a rejected login can lock the shopper's account, so the
+            # ticket fails until an operator fixes the credentials and restarts.
+            raise TicketFailedError(
+                f"{error}; KIBO_CUSTOMER_USERNAME or KIBO_CUSTOMER_PASSWORD was rejected"
+            ) from None
 
     async def _app_token(self) -> Token:
         token = await self._app_ticket.wait_valid(self._app_token_wait)
@@ -305,14 +331,14 @@ class CustomerTicketFetcher:
 
         return token
 
-    def _remember(self, token: Token) -> None:
+    def _remember_refresh_token(self, refresh_token: str | None) -> None:
         self._fallback_refresh_token = None
-        if token.refresh_token is None or token.refresh_token == self._refresh_token:
+        if refresh_token is None or refresh_token == self._refresh_token:
             return
 
-        self._refresh_token = token.refresh_token
+        self._refresh_token = refresh_token
         if self._state is not None:
-            self._state.save(token.refresh_token)
+            self._state.save(refresh_token)
 
 
 def _endpoint(base: URL, path: str) -> URL:
@@ -339,22 +365,22 @@ def _decode_json(raw: bytes) -> Any:
         return None
 
 
-def _error_code(raw: bytes) -> str:
-    """Return ' (CODE)' from a Kibo error body, or '' when there is none.
+def _error_code(raw: bytes) -> str | None:
+    """Return Kibo's error code or short message from an error body, or None.
 
-    Only short single-word codes and messages are kept: a free-text message could
-    echo request data back, and it would then reach the logs.
+    Only short single-word values are kept: a free-text message could echo
+    request data back, and it would then reach the logs.
     """
     body = _decode_json(raw[:MAX_ERROR_BODY])
     if not isinstance(body, Mapping):
-        return ""
+        return None
 
     for key in ("errorCode", "message", "error"):
         value = body.get(key)
         if isinstance(value, str) and 0 < len(value) <= 64 and value.replace("_", "").isalnum():
-            return f" ({value})"
+            return value
 
-    return ""
+    return None
 
 
 def _describe_client_error(error: aiohttp.ClientError) -> str:

@@ -65,6 +65,9 @@ class ProxyOptions:
     customer_auth_mode: CustomerAuthMode = "user-claims"
     token_wait: float = 5.0
     replay_body_limit: int = 64 * 1024
+    # A token younger than this that the upstream rejects is not refreshed for it:
+    # the rejection is then most likely about permissions, not expiry.
+    replay_min_token_age: float = 5.0
     max_body_size: int = 2 * 1024**3
     log_requests: bool = False
 
@@ -145,6 +148,15 @@ class Proxy:
             # The client went away; 499 is the customary code for that in access logs.
             status = 499
             raise
+        except ConnectionError:
+            # The client closed the connection while the response was being written.
+            status = 499
+            raise
+        except Exception as error:
+            # A bug: aiohttp turns it into a 500 through the server's handle_error.
+            status = 500
+            log.error("proxy.handler_crashed", error=type(error).__name__)
+            raise
         finally:
             metrics.in_flight.dec()
             if task is not None:
@@ -165,8 +177,10 @@ class Proxy:
 
     async def _forward(self, request: web.BaseRequest) -> web.StreamResponse:
         target = self._target(request)
-        tokens = await self._tokens()
+        # The body is read first: reading a buffered body can take long, and the
+        # token must still be valid when the request leaves.
         body, replayable = await self._body(request)
+        tokens = await self._tokens()
         headers = _forward_headers(request.headers)
 
         upstream = await self._send(request.method, target, headers, tokens, body)
@@ -293,7 +307,14 @@ class Proxy:
         if isinstance(error, RequestRejected):
             return error
 
-        if isinstance(error, TimeoutError):
+        if isinstance(error, aiohttp.ConnectionTimeoutError):
+            # No connection within the connect timeout, including the wait for a
+            # free slot in a full pool: the upstream was never reached.
+            kind = "connect"
+            rejection = RequestRejected(
+                502, "upstream_unreachable", "no connection to the upstream within the timeout"
+            )
+        elif isinstance(error, TimeoutError):
             kind = "timeout"
             rejection = RequestRejected(
                 504, "upstream_timeout", "the upstream did not respond in time"
@@ -320,24 +341,32 @@ class Proxy:
         tokens: tuple[Token, Token | None],
         body: object,
     ) -> aiohttp.ClientResponse | None:
-        """Refresh the tickets behind `tokens` and send the request once more.
+        """Send the request once more with newer tokens, refreshing the rejected ones.
 
-        Returns None when the refresh fails, so the original 401 is passed on.
+        Returns None when no newer token can be had (the refresh failed, or the
+        rejected tokens were too new to blame on expiry), so the 401 is passed on.
         """
         app, customer = tokens
         try:
-            fresh_app = await self._app_ticket.refresh(app)
-            fresh_customer = customer
-            if self._customer_ticket is not None:
-                fresh_customer = await self._customer_ticket.refresh(customer)
-        except Exception as error:
-            detail = str(error) if isinstance(error, TicketError) else type(error).__name__
-            log.warning("proxy.replay_refresh_failed", error=detail)
+            fresh_app = await self._app_ticket.refresh_rejected(
+                app, min_age=self._options.replay_min_token_age
+            )
+            fresh_customer = None
+            if self._customer_ticket is not None and customer is not None:
+                fresh_customer = await self._customer_ticket.refresh_rejected(
+                    customer, min_age=self._options.replay_min_token_age
+                )
+        except TicketError as error:
+            log.warning("proxy.replay_refresh_failed", error=str(error))
+            return None
+
+        if fresh_app is None and fresh_customer is None:
             return None
 
         self._metrics.proxy_replays.inc()
         log.info("proxy.replayed", method=method, reason="invalid_token")
-        return await self._send(method, target, headers, (fresh_app, fresh_customer), body)
+        replay_tokens = (fresh_app or app, fresh_customer or customer)
+        return await self._send(method, target, headers, replay_tokens, body)
 
     async def _stream_back(
         self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, prefix: bytes
@@ -469,6 +498,8 @@ async def _read_401(upstream: aiohttp.ClientResponse) -> tuple[bytes, bool]:
 def _no_token(ticket: ManagedTicket) -> RequestRejected:
     if ticket.failure is not None:
         reason = f"the {ticket.name} ticket has failed and needs operator action"
+    elif ticket.token is not None:
+        reason = f"the {ticket.name} token has expired and its refresh has not succeeded yet"
     else:
         reason = f"no valid {ticket.name} token yet"
     return RequestRejected(503, "no_token", reason, retry_after=1)

@@ -13,6 +13,11 @@ follow the fraction alone. The jitter draw moves the refresh earlier by up to
 
 from __future__ import annotations
 
+MAX_LEAD_SHARE = 0.9
+# A server's Retry-After is honoured up to this many seconds; a larger value
+# (a day, or a number too large to be meant) would leave the ticket stuck.
+MAX_RETRY_AFTER_SECONDS = 300.0
+
 
 def refresh_delay(
     *,
@@ -34,7 +39,9 @@ def refresh_delay(
     lead = lifetime * (1.0 - fraction)
     if margin <= lifetime / 2:
         lead = max(lead, margin)
-    lead *= 1.0 + jitter * draw
+    # Capped so that at least a tenth of the lifetime passes before a refresh,
+    # whatever the fraction and jitter settings add up to.
+    lead = min(lead * (1.0 + jitter * draw), lifetime * MAX_LEAD_SHARE)
 
     return max(0.0, remaining - lead)
 
@@ -51,12 +58,12 @@ def backoff_delay(
 
     Exponential from `initial`, capped at `maximum`, with "equal jitter": the
     wait is drawn from the upper half of the step, so it never collapses to
-    zero. A server's Retry-After is a floor, even above the cap.
+    zero. A server's Retry-After (up to five minutes) is a floor, even above the cap.
     """
     step = min(maximum, initial * 2.0 ** min(max(attempt - 1, 0), 62))
     delay = step / 2.0 + step / 2.0 * draw
 
     if retry_after is not None:
-        delay = max(delay, retry_after)
+        delay = max(delay, min(retry_after, MAX_RETRY_AFTER_SECONDS))
 
     return delay

@@ -25,6 +25,9 @@ log = structlog.get_logger("sidecar.token")
 # HTTP dates have one-second resolution, so the server's real "now" may be up to a
 # second later than its Date header shows, so the worst case is assumed.
 DATE_HEADER_RESOLUTION = 1.0
+# iat and Date both have one-second resolution and Date is read with the second
+# above added, so a token issued just now can look up to about two seconds old.
+JWT_FRESHNESS_SLACK = 2.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
@@ -80,9 +83,7 @@ def parse_customer_ticket(body: Any, receipt: Receipt) -> Token:
     access_token = _text(fields, "accessToken")
     # A ticket without a refresh token is still usable; the next round logs in again.
     refresh_token = _optional_text(fields, "refreshToken")
-    jwt_access_token = fields.get("jwtAccessToken") or None
-    if jwt_access_token is not None and not isinstance(jwt_access_token, str):
-        raise InvalidTicketError("the ticket's jwtAccessToken is not a string")
+    jwt_access_token = _optional_text(fields, "jwtAccessToken")
 
     absolute = {}
     expiration = fields.get("accessTokenExpiration")
@@ -169,8 +170,7 @@ def _lifetime(
             # JWT only becomes a reason to reject the ticket when nothing else is left.
             unreadable_jwt = error
         else:
-            # exp - iat needs no clock agreement at all: both are the server's.
-            candidates.append(exp - iat if iat is not None else exp - (server_now or receipt.wall))
+            candidates.append(_jwt_remaining(exp, iat, server_now, receipt.wall))
 
     reference = server_now if server_now is not None else iat
     for _name, moment in absolute.items():
@@ -191,6 +191,23 @@ def _lifetime(
         raise InvalidTicketError(f"the ticket is already expired (lifetime {lifetime:.1f}s)")
 
     return lifetime
+
+
+def _jwt_remaining(exp: float, iat: float | None, server_now: float | None, wall: float) -> float:
+    """Return the seconds a JWT has left, measured on the server's clock where possible.
+
+    exp - iat needs no clock agreement at all, since both are the server's, but
+    it holds only for a token issued just now. A server may hand out a token
+    it issued earlier (a cached client-credentials token), so when the Date
+    header shows the token is older than the two clocks' resolution allows,
+    exp is measured against that Date instead.
+    """
+    if iat is not None and (server_now is None or server_now - iat <= JWT_FRESHNESS_SLACK):
+        return exp - iat
+    if server_now is not None:
+        return exp - server_now
+
+    return exp - wall
 
 
 def _token(

@@ -33,6 +33,8 @@ DEMO_ENV = {
     # Fast retries keep fault tests short; production defaults are 1 s and 60 s.
     "SIDECAR_RETRY_INITIAL_SECONDS": "0.05",
     "SIDECAR_RETRY_MAX_SECONDS": "0.5",
+    # Tests revoke tokens seconds after they were issued.
+    "SIDECAR_REPLAY_MIN_TOKEN_AGE_SECONDS": "0",
 }
 CUSTOMER_ENV = {
     "KIBO_CUSTOMER_USERNAME": "shopper@example.test",

@@ -247,6 +247,39 @@ async def test_rejected_refresh_token_without_password(
     assert "Retry-After" in headers
 
 
+async def test_unusable_ticket_keeps_refresh_token(stand_in_factory, sidecar_factory) -> None:
+    """A refresh answered with an expired ticket still rotates the refresh token, which is kept."""
+    stand_in, url = await stand_in_factory(customer_lifetime=2.0)
+    refresh_token = await customer_refresh_token(url)
+    sidecar = await sidecar_factory(url, KIBO_CUSTOMER_REFRESH_TOKEN=refresh_token)
+    await wait_for(lambda: all_valid(sidecar), what="first tokens")
+    refreshes = stand_in.stats.customer_refreshes
+
+    stand_in.faults.zero_lifetime_next(1)
+    await wait_for(
+        lambda: stand_in.stats.customer_refreshes >= refreshes + 3, what="refreshes after it"
+    )
+
+    assert sidecar.tickets[1].failure is None
+    assert stand_in.stats.refresh_rejected == 0
+
+
+async def test_rejected_password_not_repeated(stand_in_factory, sidecar_factory, client) -> None:
+    """A rejected shopper password fails the ticket after one login, to spare the account."""
+    stand_in, url = await stand_in_factory()
+    sidecar = await sidecar_factory(
+        url, KIBO_CUSTOMER_USERNAME="shopper@example.test", KIBO_CUSTOMER_PASSWORD="wrong"
+    )
+    customer = sidecar.tickets[1]
+    await wait_for(lambda: customer.failure is not None, what="the customer ticket to fail")
+
+    assert "KIBO_CUSTOMER_PASSWORD" in customer.failure
+    assert len(calls(stand_in, "customer-login")) == 1
+    status, body, _ = await get_json(client, f"http://127.0.0.1:{sidecar.admin_port}/readyz")
+    assert status == 503
+    assert "wrong" not in body["reason"]
+
+
 async def test_state_file_resumes_after_restart(
     stand_in_factory, sidecar_factory, tmp_path
 ) -> None:
@@ -362,6 +395,26 @@ async def test_replay_at_most_once(
     assert recording_upstream.requests[0].body_sha256 == recording_upstream.requests[1].body_sha256
 
 
+async def test_invalid_token_storm_bounded(
+    stand_in_factory, sidecar_factory, recording_upstream, client
+) -> None:
+    """A resource that rejects even fresh tokens does not cost a Kibo call per request."""
+    stand_in, url = await stand_in_factory()
+    sidecar = await sidecar_factory(
+        url, upstream_url=recording_upstream.url, SIDECAR_REPLAY_MIN_TOKEN_AGE_SECONDS="30"
+    )
+    await wait_for(lambda: all_valid(sidecar), what="first tokens")
+
+    for _ in range(20):
+        async with client.get(
+            f"http://127.0.0.1:{sidecar.proxy_port}/api/x?always401=1"
+        ) as response:
+            assert response.status == 401
+
+    assert len(calls(stand_in, OAUTH_CALL)) == 1
+    assert len(recording_upstream.requests) == 20
+
+
 async def test_large_body_401_passed_on(
     stand_in_factory, sidecar_factory, recording_upstream, client
 ) -> None:
@@ -435,6 +488,57 @@ async def test_upstream_timeout_504(
     assert status == 504
     assert body["error"] == "upstream_timeout"
     assert time.monotonic() - started < 2.0
+
+
+async def test_full_pool_gives_502(
+    stand_in_factory, sidecar_factory, recording_upstream, client
+) -> None:
+    """No free upstream connection within the connect timeout gives 502, not 504."""
+    _stand_in, url = await stand_in_factory()
+    sidecar = await sidecar_factory(
+        url,
+        upstream_url=recording_upstream.url,
+        SIDECAR_UPSTREAM_POOL_SIZE="1",
+        SIDECAR_UPSTREAM_CONNECT_TIMEOUT_SECONDS="0.3",
+    )
+    await wait_for(lambda: all_valid(sidecar), what="first tokens")
+    proxy = f"http://127.0.0.1:{sidecar.proxy_port}/api/x"
+
+    holder = asyncio.create_task(get_json(client, proxy + "?sleep=2"))
+    await wait_for(lambda: len(recording_upstream.requests) == 1, what="the first request upstream")
+    status, body, _ = await get_json(client, proxy)
+
+    assert status == 502
+    assert body["error"] == "upstream_unreachable"
+    assert (await holder)[0] == 200
+
+
+async def test_slow_body_gets_current_token(
+    stand_in_factory, sidecar_factory, recording_upstream
+) -> None:
+    """A body that arrives after the token expired is sent with the newer token."""
+    _stand_in, url = await stand_in_factory(app_lifetime=2.0)
+    sidecar = await sidecar_factory(url, upstream_url=recording_upstream.url)
+    await wait_for(lambda: all_valid(sidecar), what="first tokens")
+    app = sidecar.tickets[0]
+    first = app.token
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.proxy_port)
+    writer.write(
+        b"POST /api/x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+    )
+    await writer.drain()
+    await wait_for(lambda: app.token is not first, what="the application token to be refreshed")
+    await wait_for(lambda: first.expires_at < time.monotonic(), what="the first token to expire")
+    writer.write(b"hello")
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+
+    assert answer.startswith(b"HTTP/1.1 200")
+    sent = recording_upstream.requests[-1].header("Authorization")
+    assert sent == [f"Bearer {app.token.access_token}"]
+    assert sent != [f"Bearer {first.access_token}"]
 
 
 async def test_client_disconnect_cancels_upstream(

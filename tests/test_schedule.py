@@ -49,6 +49,38 @@ def test_refresh_delay_table(
     assert delay == pytest.approx(expected), case
 
 
+def test_refresh_delay_lead_capped() -> None:
+    """Extreme fraction and jitter settings still leave a tenth of the lifetime first."""
+    delay = refresh_delay(
+        lifetime=3600.0, remaining=3600.0, fraction=0.1, margin=0.0, jitter=0.5, draw=0.999
+    )
+
+    assert delay == pytest.approx(360.0)
+
+
+@pytest.mark.parametrize(
+    ("case", "lifetime", "remaining", "margin", "draw", "expected"),
+    [
+        ("margin ignored when over half", 100.0, 100.0, 60.0, 0.0, 75.0),
+        ("margin used at exactly half", 100.0, 100.0, 50.0, 0.0, 50.0),
+    ],
+)
+def test_refresh_delay_margin_edges(
+    case: str, lifetime: float, remaining: float, margin: float, draw: float, expected: float
+) -> None:
+    """The margin applies up to half the lifetime and is ignored above it."""
+    delay = refresh_delay(
+        lifetime=lifetime,
+        remaining=remaining,
+        fraction=0.75,
+        margin=margin,
+        jitter=0.1,
+        draw=draw,
+    )
+
+    assert delay == pytest.approx(expected), case
+
+
 def test_refresh_delay_always_before_expiry() -> None:
     """For any valid token the refresh happens strictly before it expires."""
     for lifetime in (0.5, 1.0, 5.0, 30.0, 600.0, HOUR, 24 * HOUR):
@@ -78,13 +110,16 @@ def test_refresh_delay_always_before_expiry() -> None:
         # Retry-After is a floor, even above the cap.
         (1, 0.0, 7.0, 7.0),
         (10, 1.0, 120.0, 120.0),
+        # ... up to five minutes: a day, or infinity, would leave the ticket stuck.
+        (1, 0.0, 86400.0, 300.0),
+        (1, 0.0, float("inf"), 300.0),
         (3, 1.0, 2.0, 4.0),
     ],
 )
 def test_backoff_delay_table(
     attempt: int, draw: float, retry_after: float | None, expected: float
 ) -> None:
-    """Backoff doubles from 1 s, caps at 60 s, keeps half the step, honours Retry-After."""
+    """Backoff doubles from 1 s, caps at 60 s, keeps half the step, honours Retry-After up to 300 s."""
     delay = backoff_delay(
         attempt=attempt, initial=1.0, maximum=60.0, draw=draw, retry_after=retry_after
     )

@@ -154,6 +154,16 @@ def test_customer_ticket_server_clock_skew(skew: float) -> None:
     assert ticket.jwt_access_token == body["jwtAccessToken"]
 
 
+def test_old_jwt_measured_against_date() -> None:
+    """A JWT issued 50 minutes before the Date header has 10 minutes left, not its full hour."""
+    server_now = INSTANT
+    token = make_jwt(server_now - 3000, server_now + 600)
+
+    ticket = parse_app_ticket({"access_token": token}, receipt(formatdate(server_now, usegmt=True)))
+
+    assert 598.0 <= ticket.lifetime <= 600.0
+
+
 def test_customer_ticket_without_date_uses_iat() -> None:
     """With no Date header the JWT's iat stands in for the server's clock."""
     server_now = INSTANT + 3600
@@ -206,6 +216,11 @@ def test_app_ticket_rejects_bad_responses(body: object, message: str) -> None:
         {"accessToken": "a", "refreshToken": "r"},
         {"accessToken": "a", "jwtAccessToken": "x"},
         {"accessToken": "a", "refreshToken": "r", "jwtAccessToken": 42},
+        {
+            "accessToken": "a",
+            "accessTokenExpiration": "2099-01-01T00:00:00Z",
+            "jwtAccessToken": "x\r\ny",
+        },
     ],
 )
 def test_customer_ticket_rejects_bad_answers(body: object) -> None:
