@@ -1,8 +1,8 @@
 """Kibo's token endpoints: the application ticket and the customer ticket.
 
 `KiboAuthClient` makes the HTTP calls and maps every failure to a TicketError
-subclass. The two fetchers decide which call to make: the application ticket
-always uses client credentials; the customer ticket refreshes with the newest
+subclass. The two fetchers decide which call to make. The application ticket
+always uses client credentials. The customer ticket refreshes with the newest
 refresh token and falls back to a login when the password is known.
 """
 
@@ -189,9 +189,10 @@ class CustomerTicketFetcher:
     """Gets customer tickets, following rotated refresh tokens.
 
     Only the newest refresh token is kept and sent. A rejected refresh token is
-    first retried once with a new application token (Kibo returns
-    `invalid_token` for a stale bearer too), then replaced by a login when the
-    password is known; without a password the ticket fails for good.
+    first retried once with a new application token, because Kibo returns
+    `invalid_token` for a stale bearer too. If it is rejected again, a login
+    replaces it when the password is known, and otherwise the ticket fails
+    for good.
     """
 
     def __init__(
@@ -293,7 +294,7 @@ class CustomerTicketFetcher:
             )
         except RefreshTokenRejectedError:
             # Kibo returns 401 invalid_token both for a rejected refresh token and for a
-            # stale application bearer; one try with a new bearer tells them apart.
+            # stale application bearer; one try with a new bearer distinguishes the two.
             fresh_app_token = await self._app_ticket.refresh(app_token)
             return await self._client.customer_refresh(
                 self._api_url, fresh_app_token, self._refresh_token, self._account_id

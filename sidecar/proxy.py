@@ -1,8 +1,8 @@
 """The proxy handler: forward one app request to the Kibo API with fresh credentials.
 
-Bodies stream in both directions; the target's path and query pass byte for
-byte; hop-by-hop headers (RFC 9110 section 7.6.1) are dropped; compressed
-responses pass through untouched. Only the configured upstream is ever
+Bodies stream in both directions and the target's path and query pass byte
+for byte. Hop-by-hop headers (RFC 9110 section 7.6.1) are dropped, and
+compressed responses pass through untouched. Only the configured upstream is ever
 contacted. A 401 `invalid_token` response refreshes the ticket and replays the
 request once, when its body was small enough to keep.
 """
@@ -520,8 +520,8 @@ def _error_response(rejection: RequestRejected) -> web.Response:
 class _RateLimitedLog:
     """Logs at most one warning per key and interval, counting the ones it drops.
 
-    A down upstream fails every request; one line a second with a count says
-    as much as thousands of identical lines.
+    A down upstream fails every request, and one line a second with a count
+    carries as much information as thousands of identical lines.
     """
 
     def __init__(self, *, interval: float) -> None:
@@ -541,7 +541,7 @@ class _RateLimitedLog:
 
 
 class ProxyServer(web.Server):
-    """The low-level aiohttp server, with requests it cannot parse answered in JSON.
+    """The low-level aiohttp server, with JSON error responses for requests it cannot parse.
 
     aiohttp's default error page is plain text and its log record carries a
     traceback that quotes the start of the offending header or request line,

@@ -14,8 +14,8 @@ follow the fraction alone. The jitter draw moves the refresh earlier by up to
 from __future__ import annotations
 
 MAX_LEAD_SHARE = 0.9
-# A server's Retry-After is honoured up to this many seconds; a larger value
-# (a day, or a number too large to be meant) would leave the ticket stuck.
+# A server's Retry-After is honoured up to this many seconds. A larger value,
+# such as a day or a number too large to be meant, would leave the ticket stuck.
 MAX_RETRY_AFTER_SECONDS = 300.0
 
 

@@ -194,7 +194,7 @@ class ManagedTicket:
         if self._in_flight is fetch:
             self._in_flight = None
         if not fetch.cancelled():
-            # Retrieved here so that a failure nobody awaited is not reported as lost.
+            # Retrieved here so that a failure no caller awaited is not reported as lost.
             fetch.exception()
 
     async def _fetch_and_store(self, current: Token | None) -> Token:

@@ -166,7 +166,7 @@ def _lifetime(
         try:
             iat, exp = read_jwt_times(jwt_token)
         except InvalidTicketError as error:
-            # Kibo's tokens are JWTs, but the other sources are enough to go on; the
+            # Kibo's tokens are JWTs, but the other sources are enough to go on. The
             # JWT only becomes a reason to reject the ticket when nothing else is left.
             unreadable_jwt = error
         else:

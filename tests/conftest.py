@@ -131,7 +131,7 @@ class Recorded:
 
 @dataclass
 class RecordingUpstream:
-    """An upstream that records each request and can answer with large or compressed bodies."""
+    """An upstream that records each request and can respond with large or compressed bodies."""
 
     url: str = ""
     requests: list[Recorded] = field(default_factory=list)

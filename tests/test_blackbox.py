@@ -1,9 +1,9 @@
 """`python -m sidecar` run as users run it, against a second, independent Kibo fake.
 
-The fake differs from the bundled stand-in on purpose: both hosts sit under a
-path prefix, the server clock runs 40 minutes behind, the application JWT has
-no `iat` and the response no `expires_in`, the customer ticket has no JWT and an
-offset date, and refresh tokens are single-use. Only the documented contract
+The fake differs from the bundled stand-in on purpose. Both hosts sit under a
+path prefix and the server clock runs 40 minutes behind. The application JWT
+has no `iat` and the response no `expires_in`. The customer ticket has no JWT,
+an offset date and a single-use refresh token. Only the documented contract
 (variables, endpoints, metric names) is used.
 """
 

@@ -248,7 +248,7 @@ async def test_rejected_refresh_token_without_password(
 
 
 async def test_unusable_ticket_keeps_refresh_token(stand_in_factory, sidecar_factory) -> None:
-    """A refresh answered with an expired ticket still rotates the refresh token, which is kept."""
+    """A refresh that returns an expired ticket still rotates the refresh token, which is kept."""
     stand_in, url = await stand_in_factory(customer_lifetime=2.0)
     refresh_token = await customer_refresh_token(url)
     sidecar = await sidecar_factory(url, KIBO_CUSTOMER_REFRESH_TOKEN=refresh_token)

@@ -108,7 +108,7 @@ async def test_clock_skew_handled(stand_in_factory, sidecar_factory, client, ske
 
 
 async def test_readyz_false_before_first_token(stand_in_factory, sidecar_factory, client) -> None:
-    """/readyz is 503 until every ticket holds a token, then 200."""
+    """/readyz is 503 until every ticket has a token, then 200."""
     stand_in, url = await stand_in_factory()
     stand_in.faults.delay = 0.5
     sidecar = await sidecar_factory(url, **CUSTOMER_ENV)

@@ -165,7 +165,7 @@ def test_old_jwt_measured_against_date() -> None:
 
 
 def test_customer_ticket_without_date_uses_iat() -> None:
-    """With no Date header the JWT's iat stands in for the server's clock."""
+    """With no Date header the JWT's iat replaces the server's clock."""
     server_now = INSTANT + 3600
     body = {
         "accessToken": "a",
