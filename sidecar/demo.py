@@ -113,12 +113,13 @@ async def run_demo(
     _say(f"  failed requests                  {traffic.failed}")
     _say(f"  expired tokens seen by Kibo      {stats.expired_token_requests}")
     _say(
-        f"  application ticket               {stats.app_ticket_calls} fetches "
+        f"  application ticket               {_count(stats.app_ticket_calls, 'fetch', 'fetches')} "
         f"for a {app_lifetime:g} s lifetime"
     )
     _say(
-        f"  customer ticket                  {stats.customer_logins} login, "
-        f"{stats.customer_refreshes} refreshes for a {customer_lifetime:g} s lifetime"
+        f"  customer ticket                  {_count(stats.customer_logins, 'login', 'logins')}, "
+        f"{_count(stats.customer_refreshes, 'refresh', 'refreshes')} "
+        f"for a {customer_lifetime:g} s lifetime"
     )
     if traffic.first_failure:
         _say(f"  first failure                    {traffic.first_failure}")
@@ -155,6 +156,10 @@ async def _send_traffic(
                     )
 
     await asyncio.gather(*(client(number) for number in range(clients)))
+
+
+def _count(number: int, singular: str, plural: str) -> str:
+    return f"{number} {singular if number == 1 else plural}"
 
 
 def _say(line: str) -> None:
