@@ -265,8 +265,10 @@ class _Env:
         shown = _without_credentials(raw)
         try:
             url = URL(raw)
-        except ValueError:
-            raise ConfigError(name, f"{shown!r} is not a valid URL") from None
+        except ValueError as error:
+            # yarl's messages name the problem ("Port out of range 0-65535"), not the URL.
+            reason = _without_credentials(str(error))
+            raise ConfigError(name, f"{shown!r} is not a valid URL: {reason}") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigError(name, f"{shown!r} is not an http(s) URL with a host")
         if url.query_string or url.fragment:

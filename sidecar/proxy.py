@@ -518,26 +518,46 @@ def _error_response(rejection: RequestRejected) -> web.Response:
 
 
 class _RateLimitedLog:
-    """Logs at most one warning per key and interval, counting the ones it drops.
+    """Logs at most one warning per key and interval; the rest are counted and summed up.
 
     A down upstream fails every request, and one line a second with a count
-    carries as much information as thousands of identical lines.
+    carries as much information as thousands of identical lines. The count of
+    a window is logged when the window ends, so no failure goes unreported.
     """
 
     def __init__(self, *, interval: float) -> None:
         self._interval = interval
         self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._suppressed: dict[str, tuple[int, str, dict[str, object]]] = {}
 
     def warning(self, event: str, key: str, **fields: object) -> None:
         now = time.monotonic()
         last = self._last.get(key)
-        if last is not None and now - last < self._interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+        if last is None or now - last >= self._interval:
+            self._last[key] = now
+            log.warning(event, **fields)
             return
 
-        self._last[key] = now
-        log.warning(event, suppressed=self._suppressed.pop(key, 0), **fields)
+        count = self._suppressed.get(key, (0, event, fields))[0]
+        if count == 0:
+            asyncio.get_running_loop().call_later(last + self._interval - now, self._flush, key)
+        self._suppressed[key] = (count + 1, event, fields)
+
+    def _flush(self, key: str) -> None:
+        count, event, fields = self._suppressed.pop(key, (0, "", {}))
+        if count:
+            self._last[key] = time.monotonic()
+            log.warning(event, suppressed=count, **fields)
+
+
+# Explanations for aiohttp's parser errors, by exception class name.
+_BAD_REQUEST_REASONS = {
+    "LineTooLong": "the request line or a header field is longer than SIDECAR_MAX_HEADER_BYTES",
+    "BadHttpMessage": "the request is not valid HTTP/1.1",
+    "BadHttpMethod": "the request method is not valid",
+    "BadStatusLine": "the request line is not valid",
+    "InvalidHeader": "a request header is not valid",
+}
 
 
 class ProxyServer(web.Server):
@@ -570,10 +590,12 @@ class _JsonErrorRequestHandler(RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("the response has started, so no error response can be sent")
 
-        try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = "Error"
+        reason = _BAD_REQUEST_REASONS.get(type(exc).__name__) if exc is not None else None
+        if reason is None:
+            try:
+                reason = HTTPStatus(status).phrase
+            except ValueError:
+                reason = "Error"
         response = web.json_response(
             {"error": "bad_request" if status < 500 else "internal_error", "message": reason},
             status=status,

@@ -109,6 +109,7 @@ def test_url_error_hides_credentials() -> None:
 
     assert "pa55word" not in str(caught.value)
     assert "***@" in str(caught.value)
+    assert "Port out of range" in str(caught.value)
 
 
 def test_empty_secret_file_named(tmp_path) -> None:
