@@ -27,6 +27,9 @@ HOUR = 3600.0
         # 5-second token with a 5-minute margin: the margin is ignored, 75 % of 5 s.
         ("lifetime shorter than margin", 5.0, 5.0, 300.0, 0.0, 3.75),
         ("lifetime equal to margin", 300.0, 300.0, 300.0, 0.0, 225.0),
+        # The margin applies up to half the lifetime and is ignored above it.
+        ("margin ignored when over half", 100.0, 100.0, 60.0, 0.0, 75.0),
+        ("margin used at exactly half", 100.0, 100.0, 50.0, 0.0, 50.0),
         # Jitter moves the refresh earlier by up to jitter (10 %) of the lead.
         ("full jitter draw", HOUR, HOUR, 300.0, 1.0, HOUR - 900.0 * 1.1),
         ("half jitter draw", 5.0, 5.0, 300.0, 0.5, 5.0 - 1.25 * 1.05),
@@ -56,29 +59,6 @@ def test_refresh_delay_lead_capped() -> None:
     )
 
     assert delay == pytest.approx(360.0)
-
-
-@pytest.mark.parametrize(
-    ("case", "lifetime", "remaining", "margin", "draw", "expected"),
-    [
-        ("margin ignored when over half", 100.0, 100.0, 60.0, 0.0, 75.0),
-        ("margin used at exactly half", 100.0, 100.0, 50.0, 0.0, 50.0),
-    ],
-)
-def test_refresh_delay_margin_edges(
-    case: str, lifetime: float, remaining: float, margin: float, draw: float, expected: float
-) -> None:
-    """The margin applies up to half the lifetime and is ignored above it."""
-    delay = refresh_delay(
-        lifetime=lifetime,
-        remaining=remaining,
-        fraction=0.75,
-        margin=margin,
-        jitter=0.1,
-        draw=draw,
-    )
-
-    assert delay == pytest.approx(expected), case
 
 
 def test_refresh_delay_always_before_expiry() -> None:
