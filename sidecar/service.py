@@ -208,8 +208,9 @@ class Sidecar:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        # A fetch in flight may be rotating the customer refresh token; its result
-        # must reach the state file. The wait is short because SIGKILL is not far.
+        # A fetch in flight may be rotating the customer refresh token, and its
+        # result must reach the state file. NOTE: the wait is short because SIGKILL
+        # is not far, so a fetch slower than this can still lose a rotated token.
         await asyncio.gather(*(ticket.wait_idle(FETCH_FINISH_SECONDS) for ticket in self.tickets))
         for runner in self._runners:
             if runner is not self._proxy_runner:

@@ -77,6 +77,11 @@ def test_settings_repr_masks_secrets() -> None:
         ({"KIBO_ACCOUNT_ID": "abc"}, "KIBO_ACCOUNT_ID", "whole number"),
         ({"KIBO_CLIENT_SECRET": "   "}, "KIBO_CLIENT_SECRET", "blank"),
         (
+            {"SIDECAR_REPLAY_BODY_LIMIT_BYTES": "5000000"},
+            "SIDECAR_REPLAY_BODY_LIMIT_BYTES",
+            "at most",
+        ),
+        (
             {"SIDECAR_STATE_FILE": "/nonexistent-dir/state.json"},
             "SIDECAR_STATE_FILE",
             "does not exist",
