@@ -262,17 +262,17 @@ class _Env:
         if raw is None:
             return None
 
-        shown = _without_credentials(raw)
+        masked_url = _without_credentials(raw)
         try:
             url = URL(raw)
         except ValueError as error:
             # yarl's messages name the problem ("Port out of range 0-65535"), not the URL.
             reason = _without_credentials(str(error))
-            raise ConfigError(name, f"{shown!r} is not a valid URL: {reason}") from None
+            raise ConfigError(name, f"{masked_url!r} is not a valid URL: {reason}") from None
         if url.scheme not in ("http", "https") or not url.host:
-            raise ConfigError(name, f"{shown!r} is not an http(s) URL with a host")
+            raise ConfigError(name, f"{masked_url!r} is not an http(s) URL with a host")
         if url.query_string or url.fragment:
-            raise ConfigError(name, f"{shown!r} must not carry a query or fragment")
+            raise ConfigError(name, f"{masked_url!r} must not carry a query or fragment")
         if url.user or url.password:
             raise ConfigError(name, "must not carry credentials in the URL")
 

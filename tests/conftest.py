@@ -125,8 +125,8 @@ class Recorded:
     body_sha256: str
 
     def header(self, name: str) -> list[str]:
-        wanted = name.lower().encode()
-        return [value.decode("latin-1") for key, value in self.raw_headers if key.lower() == wanted]
+        expected_name = name.lower().encode()
+        return [value.decode("latin-1") for key, value in self.raw_headers if key.lower() == expected_name]
 
 
 @dataclass
